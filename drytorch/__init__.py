@@ -1,0 +1,28 @@
+"""drytorch: reproducible, documented PyTorch experiments, laptop to cluster.
+
+Importing the package sets up the default trackers of the mode named by
+``$DRYTORCH_INIT_MODE`` (``standard`` when unset).
+"""
+
+from drytorch.core.exceptions import PreemptedExit
+from drytorch.core.experimenting import Experiment, Run
+from drytorch.core.tracking import (
+    Tracker,
+    extend_default_trackers,
+    remove_all_default_trackers,
+)
+from drytorch.trackers.defaults import init_from_environment, init_trackers
+
+__all__ = [
+    'Experiment',
+    'PreemptedExit',
+    'Run',
+    'Tracker',
+    'extend_default_trackers',
+    'init_trackers',
+    'remove_all_default_trackers',
+]
+
+__version__ = '0.1.0'
+
+init_from_environment()

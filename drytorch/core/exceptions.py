@@ -1,0 +1,213 @@
+"""Every error and warning of drytorch, each saying what to do about it.
+
+Errors derive from :class:`DryTorchError` so that a user can catch the
+library's own failures in one clause; warnings derive from
+:class:`DryTorchWarning` so that they can be filtered in one line.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = [
+    'AccessOutsideScopeError',
+    'CheckpointNotFoundError',
+    'ConvergenceError',
+    'DryTorchError',
+    'DryTorchWarning',
+    'LossNotScalarError',
+    'MissingDependencyError',
+    'ModelAlreadyRegisteredError',
+    'NameNotValidError',
+    'NoActiveRunError',
+    'PreemptedExit',
+    'REQUEUE_EXIT_CODE',
+    'RunAlreadyExistsError',
+    'RunAlreadyRunningError',
+    'RunNotFoundWarning',
+    'TrackerAlreadySubscribedError',
+    'TrackerError',
+    'TrackerNotUsedError',
+    'WorldSizeChangedError',
+]
+
+
+class DryTorchError(Exception):
+    """Base class of the library's errors."""
+
+
+class PreemptedExit(SystemExit):
+    """Raised after a preempted run saved everything: "requeue me".
+
+    A ``SystemExit`` so that an uncaught one ends the process quietly with
+    :data:`REQUEUE_EXIT_CODE`, which job scripts read to requeue the job;
+    users who want to do something else can catch it.
+    """
+
+    def __init__(self, message: str = '') -> None:
+        super().__init__(REQUEUE_EXIT_CODE)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message or f'preempted (exit {REQUEUE_EXIT_CODE})'
+
+
+REQUEUE_EXIT_CODE = 3
+
+
+class DryTorchWarning(UserWarning):
+    """Base class of the library's warnings."""
+
+
+class NoActiveRunError(DryTorchError):
+    """Raised when something needs a running run and none is active."""
+
+    def __init__(self, what: str = 'This operation') -> None:
+        super().__init__(
+            f'{what} needs an active run, but none is running. '
+            'Start one with `with experiment.create_run(): ...` '
+            'or `run = experiment.create_run(); run.start()`.'
+        )
+
+
+class AccessOutsideScopeError(NoActiveRunError):
+    """Raised when an experiment is accessed outside its run."""
+
+
+class RunAlreadyRunningError(DryTorchError):
+    """Raised when a second run starts while one is active."""
+
+    def __init__(self, running: str, new: str) -> None:
+        super().__init__(
+            f'Run {running!r} is still active; stop it before starting '
+            f'run {new!r} (leave its `with` block or call `run.stop()`).'
+        )
+
+
+class NameNotValidError(DryTorchError, ValueError):
+    """Raised for names that cannot become folder names."""
+
+    def __init__(self, kind: str, name: str, reason: str) -> None:
+        shown = name if len(name) <= 60 else name[:57] + '...'
+        super().__init__(
+            f'{kind} name {shown!r} cannot be used as a folder name: '
+            f'{reason}. Choose a name with letters, digits, spaces, '
+            "'-', '_', '.', '@' only, at most 255 characters."
+        )
+
+
+class RunAlreadyExistsError(DryTorchError, ValueError):
+    """Raised when a new run is given the id of an existing one."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(
+            f'Run {run_id!r} already exists in this experiment. Pass '
+            '`resume=True` to continue it, or choose another id.'
+        )
+
+
+class RunNotFoundWarning(DryTorchWarning):
+    """Warned when resuming a run id that the registry does not know."""
+
+    def __init__(self, run_id: str, experiment: str) -> None:
+        super().__init__(
+            f'No run {run_id!r} in experiment {experiment!r} to resume; '
+            'starting it as a new run.'
+        )
+
+
+class TrackerError(DryTorchError):
+    """Raised by trackers for failures of their backend."""
+
+
+class TrackerAlreadySubscribedError(DryTorchError, ValueError):
+    """Raised when a name is subscribed twice to one dispatcher."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f'A tracker named {name!r} is already subscribed; remove it '
+            f'first with `trackers.remove({name!r})` or pick another name.'
+        )
+
+
+class TrackerNotUsedError(DryTorchError):
+    """Raised by ``Tracker.get_current`` when the class is not in use."""
+
+    def __init__(self, tracker_cls: type, active: Iterable[str]) -> None:
+        names = ', '.join(sorted(active)) or 'none'
+        super().__init__(
+            f'No {tracker_cls.__name__} is subscribed to the running '
+            f'experiment (subscribed: {names}). Subscribe one with '
+            '`experiment.trackers.subscribe(...)` or '
+            '`drytorch.extend_default_trackers([...])`.'
+        )
+
+
+class MissingDependencyError(DryTorchError, ImportError):
+    """Raised when an optional dependency is needed but not installed."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(
+            f'{package!r} is not installed; '
+            f"install it with `pip install 'drytorch[{extra}]'`."
+        )
+
+
+class ModelAlreadyRegisteredError(DryTorchError):
+    """Raised when the same module is registered twice in one run."""
+
+    def __init__(self, name: str, experiment: str) -> None:
+        super().__init__(
+            f'This module is already registered as model {name!r} in '
+            f'experiment {experiment!r}; wrap each nn.Module in one Model '
+            'only, and reuse that Model.'
+        )
+
+
+class LossNotScalarError(DryTorchError, ValueError):
+    """Raised when a loss does not reduce to one number."""
+
+    def __init__(self, name: str, shape: Any) -> None:
+        super().__init__(
+            f'Loss {name!r} returned a tensor of shape {tuple(shape)}; '
+            'a loss must return one value per sample (shape (batch,)) or '
+            'a scalar. Reduce it, e.g. `.mean(dim=...)` over the other '
+            'dimensions.'
+        )
+
+
+class ConvergenceError(DryTorchError, FloatingPointError):
+    """Raised when the loss is not finite."""
+
+    def __init__(self, value: float, epoch: int, batch: int) -> None:
+        super().__init__(
+            f'The loss is {value} at epoch {epoch}, batch {batch}; training '
+            'stopped. Lower the learning rate, clip gradients or check the '
+            'input data.'
+        )
+
+
+class CheckpointNotFoundError(DryTorchError, FileNotFoundError):
+    """Raised when no complete checkpoint matches the request."""
+
+    def __init__(self, where: pathlib.Path, epoch: int) -> None:
+        which = 'any epoch' if epoch < 0 else f'epoch {epoch}'
+        super().__init__(
+            f'No complete checkpoint for {which} in {where}. Save one with '
+            '`trainer.save_checkpoint()` first, or check the run id.'
+        )
+
+
+class WorldSizeChangedError(DryTorchError):
+    """Raised when a resume cannot continue with a new number of ranks."""
+
+    def __init__(self, saved: int, now: int) -> None:
+        super().__init__(
+            f'The checkpoint was written by {saved} process(es) in the '
+            f'middle of an epoch, and this attempt runs {now}. The exact '
+            'position cannot be mapped; relaunch with the same number of '
+            f'processes ({saved}), or load the last end-of-epoch '
+            'checkpoint with `load_checkpoint(epoch)`.'
+        )

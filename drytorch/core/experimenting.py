@@ -1,0 +1,334 @@
+"""Experiments and their runs.
+
+An :class:`Experiment` holds what does not change between runs (name,
+configuration, parent directory, trackers); a :class:`Run` is one execution
+of it, possibly spread over several attempts when a job is preempted and
+resumed.  The run id is decided once, on rank zero, and agreed by every rank
+before any path is built from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import pathlib
+import types
+import warnings
+from typing import Any, ClassVar, Generic, Self, TypeVar
+
+from drytorch.core import exceptions, log_events
+from drytorch.core.metadata import MetadataManager
+from drytorch.core.registry import RunRegistry, RunStatus
+from drytorch.core.tracking import DEFAULT_TRACKERS, EventDispatcher
+from drytorch.distributed import ranks
+
+__all__ = ['Experiment', 'Run', 'validate_folder_name']
+
+_T_co = TypeVar('_T_co', covariant=True)
+_FORBIDDEN = set('<>:"/\\|?*')
+_MAX_NAME = 255
+
+
+def validate_folder_name(kind: str, name: str) -> str:
+    """Return ``name`` if it can be a folder name on every system."""
+    bad = sorted({c for c in name if c in _FORBIDDEN or ord(c) < 32})
+    if bad:
+        shown = ' '.join(repr(c) for c in bad)
+        raise exceptions.NameNotValidError(
+            kind, name, f'it contains the characters {shown}'
+        )
+    if len(name) > _MAX_NAME:
+        raise exceptions.NameNotValidError(
+            kind, name, f'it is {len(name)} characters long'
+        )
+    if name.strip() in {'.', '..'} or name != name.strip():
+        raise exceptions.NameNotValidError(
+            kind, name, 'it is a dot name or has leading/trailing spaces'
+        )
+    return name
+
+
+def _scheduler_job() -> tuple[str | None, bool]:
+    """The scheduler's job key and whether this is a restart of it.
+
+    Under SLURM the job id survives requeues and ``SLURM_RESTART_COUNT``
+    counts them; under torchrun the rendezvous id survives restarts.  Either
+    lets a restarted job find its run with no extra argument.
+    """
+    env = os.environ
+    job = env.get('SLURM_ARRAY_JOB_ID') and (
+        f'{env["SLURM_ARRAY_JOB_ID"]}_{env.get("SLURM_ARRAY_TASK_ID", "")}'
+    )
+    job = job or env.get('SLURM_JOB_ID')
+    if job:
+        restarts = env.get('SLURM_RESTART_COUNT', '0')
+        return f'slurm:{job}', restarts.isdigit() and int(restarts) > 0
+    elastic = env.get('TORCHELASTIC_RUN_ID')
+    if elastic and elastic != 'none':
+        restarts = env.get('TORCHELASTIC_RESTART_COUNT', '0')
+        return f'torchrun:{elastic}', restarts.isdigit() and int(restarts) > 0
+    return None, False
+
+
+@dataclasses.dataclass(frozen=True)
+class _Decision:
+    """What rank zero decided about a run, sent to every rank."""
+
+    run_id: str
+    resumed: bool
+    attempt: int
+    previous_world_size: int
+    timestamp: datetime.datetime
+
+
+class Run:
+    """One execution of an experiment (possibly over several attempts)."""
+
+    def __init__(
+        self,
+        experiment: Experiment[Any],
+        run_id: str | None = None,
+        resume: bool = False,
+        record: bool = True,
+    ) -> None:
+        if run_id is not None:
+            validate_folder_name('Run', run_id)
+        self.experiment = experiment
+        self.requested_id = run_id
+        self.resume = resume
+        self.record = record
+        self.status: RunStatus = 'created'
+        self._decision: _Decision | None = None
+
+    @property
+    def id(self) -> str:
+        """The run id, agreed by every rank once the run has started."""
+        if self._decision is None:
+            return self.requested_id or ''
+        return self._decision.run_id
+
+    @property
+    def resumed(self) -> bool:
+        """Whether this attempt continues an earlier one."""
+        return self._decision is not None and self._decision.resumed
+
+    @property
+    def attempt(self) -> int:
+        """1 for the first attempt, one more for each resume."""
+        return self._decision.attempt if self._decision else 0
+
+    @property
+    def previous_world_size(self) -> int:
+        """Processes of the previous attempt (resumed runs), else now's."""
+        if self._decision is None:
+            return ranks.get_world_size()
+        return self._decision.previous_world_size
+
+    @property
+    def timestamp(self) -> datetime.datetime:
+        """When this attempt started."""
+        if self._decision is None:
+            raise exceptions.NoActiveRunError('Run.timestamp')
+        return self._decision.timestamp
+
+    @property
+    def dir(self) -> pathlib.Path:
+        """The run's own folder (shared by all its attempts)."""
+        return self.experiment.dir / 'runs' / self.id
+
+    @property
+    def is_active(self) -> bool:
+        """Whether the run is currently running."""
+        return self.status == 'running'
+
+    def start(self) -> Self:
+        """Agree on the run id with every rank and publish the start."""
+        current = Experiment.current_run()
+        if current is not None:
+            raise exceptions.RunAlreadyRunningError(current.id, self.id)
+        ranks.ensure_process_group()
+        decision = self._decide() if ranks.is_rank_zero() else None
+        decision = ranks.broadcast_object(decision)
+        if decision is None:
+            raise RuntimeError('rank zero sent no run decision')
+        self._decision = decision
+        self.status = 'running'
+        exp = self.experiment
+        exp.metadata_manager.reset()
+        Experiment._current_run_obj = self
+        exp.trackers.activate()
+        log_events.StartExperimentEvent(
+            config=exp.config,
+            exp_name=exp.name,
+            run_ts=decision.timestamp,
+            run_id=decision.run_id,
+            resumed=decision.resumed,
+            par_dir=exp.par_dir,
+            tags=list(exp.tags),
+            attempt=decision.attempt,
+        )
+        return self
+
+    def stop(self, status: RunStatus = 'completed') -> None:
+        """Publish the stop (trackers clean up) and record the status."""
+        if self.status != 'running':
+            return
+        self.status = status
+        exp = self.experiment
+        try:
+            log_events.StopExperimentEvent(
+                exp_name=exp.name, run_id=self.id, status=status
+            )
+        finally:
+            if self.record and ranks.is_rank_zero():
+                exp.registry.update(self.id, status=status)
+            exp.trackers.deactivate()
+            if Experiment._current_run_obj is self:
+                Experiment._current_run_obj = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        if exc is None:
+            self.stop('completed')
+        elif isinstance(exc, exceptions.PreemptedExit):
+            self.stop('preempted')
+        else:
+            self.stop('failed')
+
+    def _decide(self) -> _Decision:
+        now = datetime.datetime.now()
+        world = ranks.get_world_size()
+        if not self.record:
+            run_id = self.requested_id or now.strftime('%Y-%m-%d@%Hh%Mm%Ss')
+            return _Decision(run_id, self.resume, 1, world, now)
+        registry = self.experiment.registry
+        job_key, restarted = _scheduler_job()
+        target = None
+        if self.resume:
+            if self.requested_id is None:
+                target = registry.last()
+            else:
+                target = registry.get(self.requested_id)
+            if target is None:
+                missing = self.requested_id or '(last run)'
+                warnings.warn(
+                    exceptions.RunNotFoundWarning(
+                        missing, self.experiment.name
+                    ),
+                    stacklevel=3,
+                )
+        elif self.requested_id is None and job_key and restarted:
+            target = registry.find_job(job_key)
+        if target is not None:
+            previous = target.world_size
+            record = registry.update(
+                target.run_id,
+                status='running',
+                attempts=target.attempts + 1,
+                world_size=world,
+            )
+            return _Decision(
+                record.run_id, True, record.attempts, previous, now
+            )
+        record = registry.reserve(
+            self.requested_id, job_key=job_key, world_size=world, now=now
+        )
+        registry.update(record.run_id, status='running', attempts=1)
+        return _Decision(record.run_id, False, 1, world, now)
+
+
+class Experiment(Generic[_T_co]):
+    """What stays fixed across runs: name, configuration, trackers.
+
+    Args:
+        config: the configuration object (anything; documented by trackers).
+        name: the experiment's name; defaults to the class name.
+        par_dir: the folder under which the experiment keeps its runs.
+        tags: labels that trackers attach to every run.
+
+    """
+
+    _current_run_obj: ClassVar[Run | None] = None
+
+    def __init__(
+        self,
+        config: _T_co,
+        *,
+        name: str = '',
+        par_dir: str | pathlib.Path = pathlib.Path('experiments'),
+        tags: list[str] | None = None,
+    ) -> None:
+        self.name = validate_folder_name(
+            'Experiment', name or self.__class__.__name__
+        )
+        self.config = config
+        self.par_dir = pathlib.Path(par_dir)
+        self.tags = list(tags or [])
+        self.trackers = EventDispatcher(self.name)
+        self.trackers.subscribe(**DEFAULT_TRACKERS)
+        self.metadata_manager = MetadataManager(self.name)
+        self.registry = RunRegistry(self.dir)
+
+    @property
+    def dir(self) -> pathlib.Path:
+        """The experiment's folder: registry and runs live here."""
+        return self.par_dir / self.name
+
+    def create_run(
+        self,
+        run_id: str | None = None,
+        resume: bool = False,
+        record: bool = True,
+    ) -> Run:
+        """A run to start (``with``) or to ``start()`` and ``stop()``.
+
+        Args:
+            run_id: the run's id; a timestamp by default.
+            resume: continue ``run_id``, or the last run when it is None.
+            record: write the run in the experiment's registry.
+
+        """
+        return Run(self, run_id=run_id, resume=resume, record=record)
+
+    @property
+    def run(self) -> Run:
+        """This experiment's running run."""
+        run = Experiment._current_run_obj
+        if run is None or run.experiment is not self:
+            raise exceptions.NoActiveRunError(f'{self.name}.run')
+        return run
+
+    @classmethod
+    def current_run(cls) -> Run | None:
+        """The running run of any experiment, if any."""
+        return Experiment._current_run_obj
+
+    @classmethod
+    def get_current(cls) -> Self:
+        """The experiment whose run is active."""
+        run = Experiment._current_run_obj
+        if run is None:
+            raise exceptions.NoActiveRunError(f'{cls.__name__}.get_current()')
+        experiment = run.experiment
+        if not isinstance(experiment, cls):
+            raise exceptions.NoActiveRunError(
+                f'{cls.__name__}.get_current() (the running experiment is a '
+                f'{experiment.__class__.__name__})'
+            )
+        return experiment
+
+    @classmethod
+    def get_config(cls) -> Any:
+        """The configuration of the experiment whose run is active."""
+        return cls.get_current().config
+
+    def __repr__(self) -> str:
+        return f'{self.__class__.__name__}(name={self.name!r})'

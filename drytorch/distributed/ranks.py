@@ -1,0 +1,116 @@
+"""Who am I among the processes of this job: the one place that asks.
+
+The kernel (``drytorch.core``) decides who writes files and which dispatcher
+runs trackers from these functions alone, so that the answer has a single
+owner.  Every helper here is a no-op (or returns the single-process answer)
+when no process group is initialised, which is the case tested first.
+
+The collective helpers (``broadcast_object``, ``barrier``) must be called by
+every rank of the group: never call them inside ``if is_rank_zero():``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TypeVar
+
+import torch.distributed as dist
+
+_T = TypeVar('_T')
+
+__all__ = [
+    'barrier',
+    'broadcast_object',
+    'get_local_rank',
+    'get_rank',
+    'get_world_size',
+    'is_distributed',
+    'is_rank_zero',
+]
+
+
+def is_distributed() -> bool:
+    """Whether a process group with more than one process is up."""
+    return (
+        dist.is_available()
+        and dist.is_initialized()
+        and dist.get_world_size() > 1
+    )
+
+
+def get_rank() -> int:
+    """Global rank of this process; 0 when no process group is up.
+
+    Before the process group is initialised, the launcher's own variable is
+    read, so that a process that never joins a group (a rank of a failed
+    start, say) still does not write shared files as if it were rank zero.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    for name in ('RANK', 'SLURM_PROCID', 'OMPI_COMM_WORLD_RANK', 'PMI_RANK'):
+        value = os.environ.get(name)
+        if value is not None and value.isdigit():
+            return int(value)
+    return 0
+
+
+def get_world_size() -> int:
+    """Number of processes in the group; 1 when no process group is up."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def get_local_rank() -> int:
+    """Rank of this process on its node, from the launcher's variables."""
+    for name in (
+        'LOCAL_RANK',
+        'SLURM_LOCALID',
+        'OMPI_COMM_WORLD_LOCAL_RANK',
+        'MPI_LOCALRANKID',
+    ):
+        value = os.environ.get(name)
+        if value is not None and value.isdigit():
+            return int(value)
+    return 0
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is the one that writes shared files."""
+    return get_rank() == 0
+
+
+def broadcast_object(obj: _T, src: int = 0) -> _T:
+    """Return rank ``src``'s ``obj`` on every rank (collective).
+
+    Used for the few decisions that must be identical everywhere, such as the
+    run id, before any path is built from them.  Every rank must call it.
+    """
+    if not is_distributed():
+        return obj
+    box: list[object] = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]  # type: ignore[return-value]
+
+
+def barrier() -> None:
+    """Wait for every rank (collective); a no-op in one process."""
+    if is_distributed():
+        dist.barrier()
+
+
+def ensure_process_group() -> None:
+    """Bring the process group up when the launcher started several ranks.
+
+    Called when a run starts, so that a script written for one process runs
+    unchanged under torchrun, srun or mpirun.  A no-op when a group is up or
+    when the launcher started a single process.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return
+    from drytorch.distributed.environment import detect_environment
+
+    if detect_environment().world_size > 1:
+        from drytorch.distributed.process_group import init_distributed
+
+        init_distributed()

@@ -1,0 +1,1 @@
+"""Trackers: one module per backend; importing one never imports another."""

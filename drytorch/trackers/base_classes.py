@@ -1,0 +1,88 @@
+"""What several trackers share: run-folder dumpers and metric loaders."""
+
+from __future__ import annotations
+
+import abc
+import functools
+import pathlib
+from collections.abc import Mapping
+
+from typing_extensions import override
+
+from drytorch.core import exceptions, log_events
+from drytorch.core.tracking import Tracker
+
+__all__ = ['Dumper', 'MetricHistory', 'MetricLoader', 'SourceHistory']
+
+SourceHistory = tuple[list[int], dict[str, list[float]]]
+"""Epochs of a source, and each metric's values at those epochs."""
+
+MetricHistory = dict[str, SourceHistory]
+"""Per source name, its history."""
+
+
+class MetricLoader(abc.ABC):
+    """Something that can read back the metrics of earlier sessions."""
+
+    @abc.abstractmethod
+    def load_metrics(
+        self, model_name: str, max_epoch: int = -1
+    ) -> MetricHistory:
+        """Per source, the epochs and metric values stored for a model.
+
+        Args:
+            model_name: the model whose metrics to load.
+            max_epoch: the last epoch to include; -1 for all.
+
+        """
+
+
+class Dumper(Tracker):
+    """A tracker that writes files under a folder.
+
+    Without ``par_dir`` the folder is the run's own one (experiment parent
+    directory / experiment name / runs / run id), so that every run keeps
+    its files apart and a resumed run finds them again.
+    """
+
+    def __init__(self, par_dir: str | pathlib.Path | None = None) -> None:
+        super().__init__()
+        self._par_dir = pathlib.Path(par_dir) if par_dir is not None else None
+        self._run_dir: pathlib.Path | None = None
+        self.exp_name = ''
+        self.run_id = ''
+        self.resumed = False
+
+    @property
+    def par_dir(self) -> pathlib.Path:
+        """The folder this dumper writes under (needs an active run)."""
+        if self._par_dir is not None:
+            return self._par_dir
+        if self._run_dir is None:
+            raise exceptions.NoActiveRunError(
+                f'{self.__class__.__name__}.par_dir'
+            )
+        return self._run_dir
+
+    @functools.singledispatchmethod
+    @override
+    def notify(self, event: log_events.Event) -> None:
+        return super().notify(event)
+
+    @notify.register
+    def _(self, event: log_events.StartExperimentEvent) -> None:
+        self._run_dir = event.run_dir
+        self.exp_name = event.exp_name
+        self.run_id = event.run_id
+        self.resumed = event.resumed
+        return super().notify(event)
+
+    @override
+    def clean_up(self) -> None:
+        self._run_dir = None
+        return super().clean_up()
+
+
+def format_metrics(metrics: Mapping[str, float]) -> str:
+    """``name=value`` pairs with 4 significant decimals, for log lines."""
+    return '  '.join(f'{name}={value:.4g}' for name, value in metrics.items())

@@ -1,0 +1,127 @@
+"""One CSV file of metrics per model and source; also a metric loader."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import pathlib
+import warnings
+
+from typing_extensions import override
+
+from drytorch.core import exceptions, log_events
+from drytorch.core.registry import atomic_write_text
+from drytorch.trackers.base_classes import Dumper, MetricHistory, MetricLoader
+
+__all__ = ['CSVDumper']
+
+_FIXED = ['model', 'source', 'epoch']
+
+
+class CSVDumper(Dumper, MetricLoader):
+    """Writes ``csv_metrics/<model>/<source>.csv`` under its folder.
+
+    Each file holds one history: the first row a session writes for epoch
+    ``e`` drops the rows at ``e`` and after, left by an earlier attempt that
+    went further than the checkpoint it resumed from, or by an earlier run
+    that wrote to the same folder.  A resumed run therefore never shows an
+    epoch twice.
+
+    Args:
+        par_dir: the folder; the run's folder when None.
+        delimiter: the field separator.
+
+    """
+
+    def __init__(
+        self, par_dir: str | pathlib.Path | None = None, delimiter: str = ','
+    ) -> None:
+        super().__init__(par_dir)
+        self.delimiter = delimiter
+        self._checked: set[pathlib.Path] = set()
+
+    def file_path(self, model_name: str, source_name: str) -> pathlib.Path:
+        """The CSV file of a model and source."""
+        return self.par_dir / 'csv_metrics' / model_name / f'{source_name}.csv'
+
+    @functools.singledispatchmethod
+    @override
+    def notify(self, event: log_events.Event) -> None:
+        return super().notify(event)
+
+    @notify.register
+    def _(self, event: log_events.MetricEvent) -> None:
+        path = self.file_path(event.model_name, event.source_name)
+        names = list(event.metrics)
+        header = _FIXED + names
+        if path not in self._checked:
+            self._prepare(path, header, event.epoch)
+            self._checked.add(path)
+        row = [event.model_name, event.source_name, str(event.epoch)]
+        row += [repr(float(event.metrics[name])) for name in names]
+        with path.open('a', newline='', encoding='utf-8') as stream:
+            csv.writer(stream, delimiter=self.delimiter).writerow(row)
+        return super().notify(event)
+
+    def _prepare(
+        self, path: pathlib.Path, header: list[str], epoch: int
+    ) -> None:
+        """Make ``path`` hold ``header`` and no row from ``epoch`` on."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = self._read_rows(path) if path.exists() else None
+        if rows is not None and rows and rows[0] != header:
+            aside = path.with_suffix('.previous.csv')
+            path.replace(aside)
+            warnings.warn(
+                exceptions.DryTorchWarning(
+                    f'{path} had other columns ({rows[0]}); it was moved to '
+                    f'{aside} and a new file started.'
+                ),
+                stacklevel=4,
+            )
+            rows = None
+        kept = [header]
+        if rows:
+            kept += [r for r in rows[1:] if r and int(r[2]) < epoch]
+        buffer = io.StringIO()
+        csv.writer(buffer, delimiter=self.delimiter).writerows(kept)
+        atomic_write_text(path, buffer.getvalue())
+
+    def _read_rows(self, path: pathlib.Path) -> list[list[str]]:
+        with path.open(newline='', encoding='utf-8') as stream:
+            return list(csv.reader(stream, delimiter=self.delimiter))
+
+    @override
+    def clean_up(self) -> None:
+        self._checked.clear()
+        return super().clean_up()
+
+    @override
+    def load_metrics(
+        self, model_name: str, max_epoch: int = -1
+    ) -> MetricHistory:
+        folder = self.par_dir / 'csv_metrics' / model_name
+        history: MetricHistory = {}
+        if not folder.exists():
+            return history
+        for path in sorted(folder.glob('*.csv')):
+            if path.name.endswith('.previous.csv'):
+                continue
+            rows = self._read_rows(path)
+            if not rows:
+                continue
+            names = rows[0][len(_FIXED) :]
+            epochs: list[int] = []
+            values: dict[str, list[float]] = {name: [] for name in names}
+            for row in rows[1:]:
+                if not row:
+                    continue
+                epoch = int(row[2])
+                if 0 <= max_epoch < epoch:
+                    continue
+                epochs.append(epoch)
+                for name, value in zip(names, row[3:], strict=True):
+                    values[name].append(float(value))
+            history[path.stem] = (epochs, values)
+        return history

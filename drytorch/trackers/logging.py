@@ -1,0 +1,236 @@
+"""The ``drytorch`` logger of the standard library, as a tracker.
+
+Messages have named levels (between INFO and WARNING) so that a mode can
+show the start of each run but not each epoch, or metrics but not epoch
+headers when a progress bar already shows them.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import logging
+import sys
+from typing import TextIO
+
+from typing_extensions import override
+
+from drytorch.core import log_events
+from drytorch.core.tracking import Tracker
+from drytorch.trackers.base_classes import format_metrics
+
+__all__ = ['BuiltinLogger', 'InfoLevels', 'get_verbosity', 'set_verbosity']
+
+logger = logging.getLogger('drytorch')
+_FORMAT = '[%(asctime)s] - %(message)s'
+_DATE_FORMAT = '%Y-%m-%d %H:%M:%S'
+
+
+class InfoLevels(enum.IntEnum):
+    """Levels of the library's messages, least important first."""
+
+    internal = 19
+    epoch = 20
+    metrics = 21
+    model_state = 23
+    experiment = 24
+    training = 25
+    test = 26
+
+
+for _level in InfoLevels:
+    logging.addLevelName(_level.value, _level.name.upper())
+
+
+class _CurrentStream(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stdout``/``sys.stderr`` is at emit time.
+
+    Binding the stream at import would bypass later redirections (pytest's
+    capture, ``contextlib.redirect_stderr``, notebooks).
+    """
+
+    def __init__(self, to_stdout: bool) -> None:
+        super().__init__()
+        self.to_stdout = to_stdout
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stdout if self.to_stdout else sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        return None
+
+
+def set_verbosity(level: InfoLevels | int) -> None:
+    """Show the library's messages from ``level`` up."""
+    logger.setLevel(int(level))
+
+
+def get_verbosity() -> int:
+    """The level from which messages are shown."""
+    return logger.level
+
+
+def _configure(to_stdout: bool, propagate: bool) -> None:
+    for handler in list(logger.handlers):
+        if isinstance(handler, _CurrentStream):
+            logger.removeHandler(handler)
+    handler = _CurrentStream(to_stdout)
+    handler.setFormatter(logging.Formatter(_FORMAT, _DATE_FORMAT))
+    logger.addHandler(handler)
+    logger.propagate = propagate
+
+
+class BuiltinLogger(Tracker):
+    """Logs the life of a run through the ``drytorch`` logger.
+
+    Args:
+        verbosity: the least important level shown.
+        to_stdout: log to stdout instead of stderr (Hydra's mode).
+        propagate: also pass records to the root logger (for Hydra's file).
+
+    """
+
+    def __init__(
+        self,
+        verbosity: InfoLevels | int = InfoLevels.epoch,
+        *,
+        to_stdout: bool = False,
+        propagate: bool = False,
+    ) -> None:
+        super().__init__()
+        _configure(to_stdout, propagate)
+        set_verbosity(verbosity)
+
+    @functools.singledispatchmethod
+    @override
+    def notify(self, event: log_events.Event) -> None:
+        return super().notify(event)
+
+    @notify.register
+    def _(self, event: log_events.StartExperimentEvent) -> None:
+        verb = 'Resuming' if event.resumed else 'Starting'
+        logger.log(
+            InfoLevels.experiment,
+            'Experiment: %s - %s run: %s',
+            event.exp_name,
+            verb,
+            event.run_id,
+        )
+        return super().notify(event)
+
+    @notify.register
+    def _(self, event: log_events.StopExperimentEvent) -> None:
+        suffix = '' if event.status == 'completed' else f' ({event.status})'
+        logger.log(
+            InfoLevels.experiment,
+            'Experiment: %s - Stopping run: %s%s',
+            event.exp_name,
+            event.run_id,
+            suffix,
+        )
+        return super().notify(event)
+
+    @notify.register
+    def _(self, event: log_events.StartTrainingEvent) -> None:
+        logger.log(
+            InfoLevels.training,
+            '%s: Training %s (epochs %d to %d).',
+            event.source_name,
+            event.model_name,
+            event.start_epoch,
+            event.end_epoch,
+        )
+        return super().notify(event)
+
+    @notify.register
+    def _(self, event: log_events.StartEpochEvent) -> None:
+        end = f'/{event.end_epoch}' if event.end_epoch else ''
+        logger.log(InfoLevels.epoch, '====> Epoch %d%s:', event.epoch, end)
+        return super().notify(event)
+
+    @notify.register
+    def _(self, event: log_events.TerminatedTrainingEvent) -> None:
+        logger.log(
+            InfoLevels.training,
+            '%s: Training %s terminated at epoch %d. Reason: %s',
+            event.source_name,
+            event.model_name,
+            event.epoch,
+            event.reason,
+        )
+        return super().notify(event)
+
+    @notify.register
+    def _(self, event: log_events.EndTrainingEvent) -> None:
+        logger.log(
+            InfoLevels.training, '%s: Training ended.', event.source_name
+        )
+        return super().notify(event)
+
+    @notify.register
+    def _(self, event: log_events.StartTestEvent) -> None:
+        logger.log(
+            InfoLevels.test,
+            '%s: Testing %s.',
+            event.source_name,
+            event.model_name,
+        )
+        return super().notify(event)
+
+    @notify.register
+    def _(self, event: log_events.MetricEvent) -> None:
+        logger.log(
+            InfoLevels.metrics,
+            '%s: %s (epoch %d) - %s',
+            event.model_name,
+            event.source_name,
+            event.epoch,
+            format_metrics(event.metrics),
+        )
+        return super().notify(event)
+
+    @notify.register
+    def _(self, event: log_events.SaveModelEvent) -> None:
+        logger.log(
+            InfoLevels.model_state,
+            '%s: Saved %s at epoch %d in %s',
+            event.model_name,
+            event.definition,
+            event.epoch,
+            event.location,
+        )
+        return super().notify(event)
+
+    @notify.register
+    def _(self, event: log_events.LoadModelEvent) -> None:
+        logger.log(
+            InfoLevels.model_state,
+            '%s: Loaded %s of epoch %d from %s',
+            event.model_name,
+            event.definition,
+            event.epoch,
+            event.location,
+        )
+        return super().notify(event)
+
+    @notify.register
+    def _(self, event: log_events.LearningRateEvent) -> None:
+        logger.log(
+            InfoLevels.model_state,
+            '%s: %s set the learning rate to %s%s at epoch %d.',
+            event.model_name,
+            event.source_name,
+            event.base_lr,
+            f' ({event.scheduler_name})' if event.scheduler_name else '',
+            event.epoch,
+        )
+        return super().notify(event)
+
+    @notify.register
+    def _(self, event: log_events.ModelRegistrationEvent) -> None:
+        logger.log(
+            InfoLevels.internal, 'Registered model %s.', event.model_name
+        )
+        return super().notify(event)
