@@ -11,13 +11,30 @@ from drytorch.core.tracking import (
     extend_default_trackers,
     remove_all_default_trackers,
 )
+from drytorch.lib.checkpoints import LocalCheckpoint
+from drytorch.lib.evaluations import Test, Validation
+from drytorch.lib.learning import LearningSchema
+from drytorch.lib.loading import DataLoader
+from drytorch.lib.models import Model
+from drytorch.lib.objectives import Loss, Metric, MetricCollection
+from drytorch.lib.training import Trainer
 from drytorch.trackers.defaults import init_from_environment, init_trackers
 
 __all__ = [
+    'DataLoader',
     'Experiment',
+    'LearningSchema',
+    'LocalCheckpoint',
+    'Loss',
+    'Metric',
+    'MetricCollection',
+    'Model',
     'PreemptedExit',
     'Run',
+    'Test',
     'Tracker',
+    'Trainer',
+    'Validation',
     'extend_default_trackers',
     'init_trackers',
     'remove_all_default_trackers',

@@ -64,7 +64,16 @@ class DryTorchWarning(UserWarning):
 class NoActiveRunError(DryTorchError):
     """Raised when something needs a running run and none is active."""
 
-    def __init__(self, what: str = 'This operation') -> None:
+    def __init__(
+        self, what: str = 'This operation', *, running: str | None = None
+    ) -> None:
+        if running is not None:
+            super().__init__(
+                f'{what} needs a run of its own experiment class, but the '
+                f'running run belongs to {running}. Call get_current() on '
+                'that class (or on Experiment), or stop that run first.'
+            )
+            return
         super().__init__(
             f'{what} needs an active run, but none is running. '
             'Start one with `with experiment.create_run(): ...` '
@@ -181,9 +190,10 @@ class LossNotScalarError(DryTorchError, ValueError):
 class ConvergenceError(DryTorchError, FloatingPointError):
     """Raised when the loss is not finite."""
 
-    def __init__(self, value: float, epoch: int, batch: int) -> None:
+    def __init__(self, value: float, epoch: int, batch: int | None) -> None:
+        where = f'batch {batch}' if batch is not None else 'on another rank'
         super().__init__(
-            f'The loss is {value} at epoch {epoch}, batch {batch}; training '
+            f'The loss is {value} at epoch {epoch}, {where}; training '
             'stopped. Lower the learning rate, clip gradients or check the '
             'input data.'
         )

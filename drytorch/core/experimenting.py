@@ -9,6 +9,7 @@ before any path is built from it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import os
@@ -22,6 +23,7 @@ from drytorch.core.metadata import MetadataManager
 from drytorch.core.registry import RunRegistry, RunStatus
 from drytorch.core.tracking import DEFAULT_TRACKERS, EventDispatcher
 from drytorch.distributed import ranks
+from drytorch.distributed.preemption import watcher
 
 __all__ = ['Experiment', 'Run', 'validate_folder_name']
 
@@ -49,8 +51,8 @@ def validate_folder_name(kind: str, name: str) -> str:
     return name
 
 
-def _scheduler_job() -> tuple[str | None, bool]:
-    """The scheduler's job key and whether this is a restart of it.
+def _scheduler_job() -> tuple[str | None, int]:
+    """The scheduler's job key and how many times it was restarted.
 
     Under SLURM the job id survives requeues and ``SLURM_RESTART_COUNT``
     counts them; under torchrun the rendezvous id survives restarts.  Either
@@ -63,12 +65,13 @@ def _scheduler_job() -> tuple[str | None, bool]:
     job = job or env.get('SLURM_JOB_ID')
     if job:
         restarts = env.get('SLURM_RESTART_COUNT', '0')
-        return f'slurm:{job}', restarts.isdigit() and int(restarts) > 0
+        return f'slurm:{job}', int(restarts) if restarts.isdigit() else 0
     elastic = env.get('TORCHELASTIC_RUN_ID')
     if elastic and elastic != 'none':
         restarts = env.get('TORCHELASTIC_RESTART_COUNT', '0')
-        return f'torchrun:{elastic}', restarts.isdigit() and int(restarts) > 0
-    return None, False
+        count = int(restarts) if restarts.isdigit() else 0
+        return f'torchrun:{elastic}', count
+    return None, 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +88,10 @@ class _Decision:
 class Run:
     """One execution of an experiment (possibly over several attempts)."""
 
+    # Runs recorded so far by this attempt of a scheduler job, per registry:
+    # a restarted job's n-th run resumes the n-th run of the first attempt.
+    _job_runs: ClassVar[dict[tuple[str, str, int], int]] = {}
+
     def __init__(
         self,
         experiment: Experiment[Any],
@@ -100,6 +107,7 @@ class Run:
         self.record = record
         self.status: RunStatus = 'created'
         self._decision: _Decision | None = None
+        self._signals: contextlib.AbstractContextManager[Any] | None = None
 
     @property
     def id(self) -> str:
@@ -148,14 +156,32 @@ class Run:
         if current is not None:
             raise exceptions.RunAlreadyRunningError(current.id, self.id)
         ranks.ensure_process_group()
-        decision = self._decide() if ranks.is_rank_zero() else None
-        decision = ranks.broadcast_object(decision)
-        if decision is None:
-            raise RuntimeError('rank zero sent no run decision')
+        proposal: _Decision | str | None = None
+        error: Exception | None = None
+        if ranks.is_rank_zero():
+            try:
+                proposal = self._decide()
+            except Exception as err:  # noqa: BLE001 - re-raised below
+                error = err
+                proposal = f'{err.__class__.__name__}: {err}'
+        # Every rank takes part in the broadcast even when rank zero failed:
+        # a rank left waiting in it would hang until the job's time limit.
+        decision = ranks.broadcast_object(proposal)
+        if error is not None:
+            raise error
+        if not isinstance(decision, _Decision):
+            raise exceptions.DryTorchError(
+                f'Rank zero could not start a run of experiment '
+                f'{self.experiment.name!r}: {decision or "no decision"}. '
+                "See rank zero's log for the cause."
+            )
         self._decision = decision
         self.status = 'running'
         exp = self.experiment
         exp.metadata_manager.reset()
+        watcher.reset()
+        self._signals = watcher.armed()
+        self._signals.__enter__()
         Experiment._current_run_obj = self
         exp.trackers.activate()
         log_events.StartExperimentEvent(
@@ -186,6 +212,9 @@ class Run:
             exp.trackers.deactivate()
             if Experiment._current_run_obj is self:
                 Experiment._current_run_obj = None
+            if self._signals is not None:
+                self._signals.__exit__(None, None, None)
+                self._signals = None
 
     def __enter__(self) -> Self:
         return self.start()
@@ -210,7 +239,9 @@ class Run:
             run_id = self.requested_id or now.strftime('%Y-%m-%d@%Hh%Mm%Ss')
             return _Decision(run_id, self.resume, 1, world, now)
         registry = self.experiment.registry
-        job_key, restarted = _scheduler_job()
+        job_key, restarts = _scheduler_job()
+        counter = (str(registry.path.resolve()), job_key or '', restarts)
+        job_index = Run._job_runs.get(counter, 0) if job_key else None
         target = None
         if self.resume:
             if self.requested_id is None:
@@ -225,8 +256,13 @@ class Run:
                     ),
                     stacklevel=3,
                 )
-        elif self.requested_id is None and job_key and restarted:
-            target = registry.find_job(job_key)
+        elif job_key and restarts > 0:
+            if self.requested_id is None:
+                target = registry.find_job(job_key, job_index)
+            else:
+                named = registry.get(self.requested_id)
+                if named is not None and named.job_key == job_key:
+                    target = named
         if target is not None:
             previous = target.world_size
             record = registry.update(
@@ -235,13 +271,21 @@ class Run:
                 attempts=target.attempts + 1,
                 world_size=world,
             )
+            if job_index is not None:
+                Run._job_runs[counter] = job_index + 1
             return _Decision(
                 record.run_id, True, record.attempts, previous, now
             )
         record = registry.reserve(
-            self.requested_id, job_key=job_key, world_size=world, now=now
+            self.requested_id,
+            job_key=job_key,
+            world_size=world,
+            now=now,
+            job_index=job_index,
         )
         registry.update(record.run_id, status='running', attempts=1)
+        if job_index is not None:
+            Run._job_runs[counter] = job_index + 1
         return _Decision(record.run_id, False, 1, world, now)
 
 
@@ -320,8 +364,9 @@ class Experiment(Generic[_T_co]):
         experiment = run.experiment
         if not isinstance(experiment, cls):
             raise exceptions.NoActiveRunError(
-                f'{cls.__name__}.get_current() (the running experiment is a '
-                f'{experiment.__class__.__name__})'
+                f'{cls.__name__}.get_current()',
+                running=f'experiment {experiment.name!r} '
+                f'({experiment.__class__.__name__})',
             )
         return experiment
 

@@ -38,6 +38,7 @@ class RunRecord:
     git_commit: str | None = None
     attempts: int = 0
     job_key: str | None = None
+    job_index: int | None = None
     world_size: int = 1
     updated: str = ''
 
@@ -117,10 +118,21 @@ class RunRegistry:
         records = self.records()
         return records[-1] if records else None
 
-    def find_job(self, job_key: str) -> RunRecord | None:
-        """The run started by the scheduler job ``job_key``, if any."""
+    def find_job(
+        self, job_key: str, index: int | None = None
+    ) -> RunRecord | None:
+        """The run started by the scheduler job ``job_key``, if any.
+
+        Args:
+            job_key: the scheduler's job key.
+            index: which of the job's runs (0 for the first one the job's
+                script created); the job's last run when None.
+
+        """
         for record in reversed(self.records()):
-            if record.job_key == job_key:
+            if record.job_key != job_key:
+                continue
+            if index is None or record.job_index in (index, None):
                 return record
         return None
 
@@ -131,6 +143,7 @@ class RunRegistry:
         job_key: str | None,
         world_size: int,
         now: datetime.datetime,
+        job_index: int | None = None,
     ) -> RunRecord:
         """Create a new run record with a unique id and return it.
 
@@ -153,6 +166,7 @@ class RunRegistry:
                 timestamp=now.isoformat(timespec='seconds'),
                 git_commit=commit,
                 job_key=job_key,
+                job_index=job_index,
                 world_size=world_size,
                 updated=now.isoformat(timespec='seconds'),
             )

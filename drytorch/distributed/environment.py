@@ -26,8 +26,13 @@ DEFAULT_MASTER_PORT = 29500
 
 # Derived fields are filled in this order, so a variant may derive a field
 # from any field before it (local_world_size from node_rank, say).
-_INT_FIELDS = ('rank', 'world_size', 'local_rank', 'node_rank',
-               'local_world_size')
+_INT_FIELDS = (
+    'rank',
+    'world_size',
+    'local_rank',
+    'node_rank',
+    'local_world_size',
+)
 
 
 class ClusterEnvironment(abc.ABC):
@@ -47,6 +52,7 @@ class ClusterEnvironment(abc.ABC):
         local_rank: rank of this process on its node.
         local_world_size: number of processes on this node.
         node_rank: index of this node among the job's nodes.
+
     """
 
     name: ClassVar[str] = 'cluster'
@@ -78,6 +84,7 @@ class ClusterEnvironment(abc.ABC):
         Raises:
             DistributedSetupError: a variable is missing, is not a whole
                 number, or the answers contradict each other.
+
         """
         self._environ = dict(os.environ if environ is None else environ)
         self._read: dict[str, str] = {}
@@ -145,7 +152,8 @@ class ClusterEnvironment(abc.ABC):
         """An answer that the table does not give: missing by default."""
         names = self.variables.get(field, ())
         if not names:
-            raise NotImplementedError(f'{type(self).__name__} gives no {field}')
+            variant = type(self).__name__
+            raise NotImplementedError(f'{variant} gives no {field}')
         wanted = ' or '.join(names)
         raise self.setup_error(
             f'{wanted} is not set, so the {field} is unknown',
@@ -178,7 +186,7 @@ class ClusterEnvironment(abc.ABC):
         if port is not None and not 0 < port < 65536:
             raise self.setup_error(
                 f'{name}={self._read[name]!r} is not a TCP port',
-                f'that {name} is between 1 and 65535',
+                f'that {name} is between 1 and 65535, and {self.hint}',
             )
         return port
 
@@ -228,6 +236,7 @@ def detect_environment(
     Raises:
         DistributedSetupError: the detected launcher's variables are
             malformed or contradict each other.
+
     """
     env = dict(os.environ if environ is None else environ)
     for variant in _detection_order():
@@ -256,4 +265,3 @@ def _detection_order() -> tuple[type[ClusterEnvironment], ...]:
         MpiEnvironment,
         LocalEnvironment,
     )
-

@@ -21,6 +21,7 @@ _T = TypeVar('_T')
 __all__ = [
     'barrier',
     'broadcast_object',
+    'ensure_process_group',
     'get_local_rank',
     'get_rank',
     'get_world_size',
@@ -41,12 +42,22 @@ def is_distributed() -> bool:
 def get_rank() -> int:
     """Global rank of this process; 0 when no process group is up.
 
-    Before the process group is initialised, the launcher's own variable is
+    Before the process group is initialised, the launcher's answer is
     read, so that a process that never joins a group (a rank of a failed
     start, say) still does not write shared files as if it were rank zero.
+    The launcher is the one that ``detect_environment`` finds: a variable
+    left over in a single process's environment (a stray ``RANK=1``) does
+    not make it a rank other than zero.
     """
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank()
+    from drytorch.distributed.environment import detect_environment
+    from drytorch.distributed.errors import DistributedSetupError
+
+    try:
+        return detect_environment().rank
+    except DistributedSetupError:
+        pass  # malformed launch: fall back on the raw variables
     for name in ('RANK', 'SLURM_PROCID', 'OMPI_COMM_WORLD_RANK', 'PMI_RANK'):
         value = os.environ.get(name)
         if value is not None and value.isdigit():

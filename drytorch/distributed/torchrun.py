@@ -37,7 +37,7 @@ class TorchrunEnvironment(ClusterEnvironment):
 
     @property
     def run_id(self) -> str | None:
-        """torchrun's id of this run, stable across elastic restarts."""
+        """Torchrun's id of this run, stable across elastic restarts."""
         return self._get('TORCHELASTIC_RUN_ID')
 
     def _derive(self, field: str, values: Mapping[str, int]) -> int:

@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import abc
+import dataclasses
 import functools
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence, Set
+from typing import Any
 
 from typing_extensions import override
 
 from drytorch.core import exceptions, log_events
 from drytorch.core.tracking import Tracker
 
-__all__ = ['Dumper', 'MetricHistory', 'MetricLoader', 'SourceHistory']
+__all__ = [
+    'Dumper',
+    'MetricHistory',
+    'MetricLoader',
+    'SourceHistory',
+    'config_dict',
+]
 
 SourceHistory = tuple[list[int], dict[str, list[float]]]
 """Epochs of a source, and each metric's values at those epochs."""
@@ -86,3 +94,38 @@ class Dumper(Tracker):
 def format_metrics(metrics: Mapping[str, float]) -> str:
     """``name=value`` pairs with 4 significant decimals, for log lines."""
     return '  '.join(f'{name}={value:.4g}' for name, value in metrics.items())
+
+
+_MAX_CONFIG_DEPTH = 32
+
+
+def config_dict(config: Any) -> dict[str, Any]:
+    """The whole configuration as nested dicts, lists and scalars.
+
+    Unlike the readable form of metadata, nothing is cut short: a database
+    or a W&B run is where the complete configuration must be found.
+    Dataclasses and mappings (OmegaConf's included) become dicts; other
+    objects their ``repr``.  Anything but a mapping is put under
+    ``'config'``.
+    """
+    plain = _plain(config, 0)
+    if isinstance(plain, dict):
+        return plain
+    return {} if plain is None else {'config': plain}
+
+
+def _plain(obj: Any, depth: int) -> Any:
+    if obj is None or isinstance(obj, bool | int | float | str):
+        return obj
+    if depth >= _MAX_CONFIG_DEPTH:  # a cycle, most likely
+        return repr(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v, depth + 1) for k, v in obj.items()}
+    if isinstance(obj, Sequence | Set) and not isinstance(obj, bytes):
+        return [_plain(v, depth + 1) for v in obj]
+    item = getattr(obj, 'item', None)  # numpy and torch scalars
+    if callable(item) and getattr(obj, 'ndim', None) == 0:
+        return item()
+    return repr(obj) if not isinstance(obj, pathlib.PurePath) else str(obj)

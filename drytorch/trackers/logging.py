@@ -61,6 +61,19 @@ class _CurrentStream(logging.StreamHandler):  # type: ignore[type-arg]
     def stream(self, value: TextIO) -> None:
         return None
 
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write above any live progress bar rather than through it."""
+        tqdm_module = sys.modules.get('tqdm')
+        if tqdm_module is None or not getattr(
+            tqdm_module.tqdm, '_instances', None
+        ):
+            super().emit(record)
+            return
+        try:
+            tqdm_module.tqdm.write(self.format(record), file=self.stream)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
 
 def set_verbosity(level: InfoLevels | int) -> None:
     """Show the library's messages from ``level`` up."""

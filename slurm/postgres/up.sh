@@ -83,17 +83,21 @@ if [ ! -s "$PGDIR/data/PG_VERSION" ]; then
   log "initialised $PGDIR/data"
 fi
 
-# A postmaster.pid left by a server that was killed is normally ignored by postgres, but
-# not when its pid is still taken: by another process, or by the dead server itself as a
-# zombie not yet reaped. Drop it unless a live postgres owns it.
-pidfile=$PGDIR/data/postmaster.pid
-if [ -f "$pidfile" ]; then
-  oldpid=$(head -n1 "$pidfile")
-  state=$(sed -E 's/^[0-9]+ \(.*\) (.).*/\1/' "/proc/$oldpid/stat" 2>/dev/null || echo gone)
-  if ! { grep -qs postgres "/proc/$oldpid/comm" && [ "$state" != Z ]; }; then
-    rm -f "$pidfile"
+# A lock file (postmaster.pid, the socket's .lock) left by a server that was killed is
+# normally ignored by postgres, but not when its pid is still taken: by another process,
+# or by the dead server itself as a zombie not yet reaped. Drop such a file unless a live
+# postgres owns it.
+drop_stale_lock() {
+  local f=$1 pid state
+  [ -f "$f" ] || return 0
+  pid=$(head -n1 "$f")
+  state=$(sed -E 's/^[0-9]+ \(.*\) (.).*/\1/' "/proc/$pid/stat" 2>/dev/null || echo gone)
+  if ! { grep -qs postgres "/proc/$pid/comm" && [ "$state" != Z ]; }; then
+    rm -f "$f"
   fi
-fi
+}
+drop_stale_lock "$PGDIR/data/postmaster.pid"
+drop_stale_lock "$SOCKDIR/.s.PGSQL.$PORT.lock"
 
 if ! as_owner "$BIN/pg_ctl" -D "$PGDIR/data" -l "$PGDIR/postgres.log" -w -t 60 start \
      -o "-p $PORT -k $SOCKDIR -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" \

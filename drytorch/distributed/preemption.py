@@ -1,0 +1,124 @@
+"""Preemption: a signal sets a flag; the training loop does the rest.
+
+The handler does nothing but record that the signal arrived.  The loop reads
+the flag at a step boundary (every step in one process; in the packed
+all-reduce at sync points across ranks, so that every rank stops at the
+same step), then checkpoints, closes its trackers and exits with
+:data:`drytorch.core.exceptions.REQUEUE_EXIT_CODE`.  Doing that work inside
+the handler, as submitit does for a pickled function, would run it at an
+arbitrary bytecode of the training step, possibly while a collective is in
+flight on another rank.
+
+The default signals: SIGUSR2, which submitit's ``--signal`` and SLURM's
+preemption send and which NCCL leaves alone (NCCL's watchdog may use
+SIGUSR1); SIGUSR1, sent by other cluster setups; SIGTERM, sent at a time
+limit and by ``scancel``.  Set ``DRYTORCH_PREEMPT_SIGNALS`` (for example
+``USR2,TERM``) to change them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from types import FrameType
+
+__all__ = [
+    'DEFAULT_SIGNALS',
+    'PreemptionWatcher',
+    'configured_signals',
+    'watcher',
+]
+
+DEFAULT_SIGNALS: tuple[signal.Signals, ...] = (
+    signal.SIGUSR2,
+    signal.SIGUSR1,
+    signal.SIGTERM,
+)
+SIGNALS_VARIABLE = 'DRYTORCH_PREEMPT_SIGNALS'
+
+
+def configured_signals() -> tuple[signal.Signals, ...]:
+    """The signals to watch: ``$DRYTORCH_PREEMPT_SIGNALS`` or the default."""
+    text = os.environ.get(SIGNALS_VARIABLE, '').strip()
+    if not text:
+        return DEFAULT_SIGNALS
+    chosen = []
+    for part in text.replace(' ', '').split(','):
+        name = part.upper()
+        name = name if name.startswith('SIG') else f'SIG{name}'
+        try:
+            chosen.append(signal.Signals[name])
+        except KeyError:
+            raise ValueError(
+                f'{SIGNALS_VARIABLE} names {part!r}, which is not a signal; '
+                'use names such as USR2, USR1, TERM, separated by commas.'
+            ) from None
+    return tuple(chosen)
+
+
+class PreemptionWatcher:
+    """Records that a preemption signal arrived; nothing more.
+
+    Attributes:
+        signalled_at: ``time.monotonic()`` of the first signal, if any.
+        signum: the first signal received, if any.
+
+    """
+
+    def __init__(self) -> None:
+        self.signalled_at: float | None = None
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+        self._depth = 0
+
+    @property
+    def requested(self) -> bool:
+        """Whether a signal arrived since the watcher was armed."""
+        return self.signalled_at is not None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signalled_at is None:
+            self.signalled_at = time.monotonic()
+            self.signum = signum
+
+    def request(self) -> None:
+        """Ask for a preemption stop from code (as a signal would)."""
+        self._handle(signal.SIGUSR2, None)
+
+    def reset(self) -> None:
+        """Forget a signal (a new attempt starts)."""
+        self.signalled_at = None
+        self.signum = None
+
+    @contextlib.contextmanager
+    def armed(
+        self, signals: Sequence[signal.Signals] | None = None
+    ) -> Iterator[PreemptionWatcher]:
+        """Install the handlers for the duration of the block.
+
+        Handlers can only be installed from the main thread; elsewhere the
+        block runs unwatched (the flag can still be set by :meth:`request`).
+        """
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        self._depth += 1
+        if self._depth == 1:
+            for sig in signals or configured_signals():
+                self._previous[sig] = signal.signal(sig, self._handle)
+        try:
+            yield self
+        finally:
+            self._depth -= 1
+            if self._depth == 0:
+                for sig, handler in self._previous.items():
+                    signal.signal(sig, handler)  # type: ignore[arg-type]
+                self._previous.clear()
+
+
+watcher = PreemptionWatcher()
+"""The process-wide watcher that runs arm while a run is active."""

@@ -1,0 +1,196 @@
+"""Bring torch.distributed up and down from the detected environment.
+
+The one promise kept here: a launch that cannot assemble (a rank that never
+starts, a wrong task count, a port taken by another job) fails within the
+timeout with a ``DistributedSetupError`` that names the launcher and what it
+read, instead of hanging until the cluster kills the job.  torch's TCPStore
+rendezvous honours the timeout given to ``init_process_group``, so every
+rank gets an error, rank zero and the others alike.
+
+``os.environ`` is left alone: the rendezvous address goes in the
+``tcp://`` URL, so a later ``detect_environment()`` gives the same answer,
+and child processes do not inherit ``RANK`` and mistake themselves for a
+rank.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+
+import torch
+import torch.distributed as dist
+
+from drytorch.distributed.environment import (
+    ClusterEnvironment,
+    detect_environment,
+)
+from drytorch.distributed.errors import DistributedSetupError
+
+__all__ = [
+    'DEFAULT_TIMEOUT',
+    'TIMEOUT_VARIABLE',
+    'default_backend',
+    'init_distributed',
+    'teardown_distributed',
+]
+
+DEFAULT_TIMEOUT = datetime.timedelta(minutes=5)
+"""Long enough for the slowest node of a big job to start Python."""
+
+TIMEOUT_VARIABLE = 'DRYTORCH_DIST_TIMEOUT'
+"""Seconds; changes the default timeout without touching the code."""
+
+_active: ClusterEnvironment | None = None
+
+
+def init_distributed(
+    backend: str | None = None,
+    timeout: datetime.timedelta | None = None,
+) -> ClusterEnvironment:
+    """Start the process group that the launcher describes, once.
+
+    Every rank must call it.  In a world of one process nothing is started.
+    Later calls return the environment of the first one, so library code
+    may call it freely.
+
+    Args:
+        backend: ``'nccl'`` or ``'gloo'``; by default NCCL where every
+            rank of this node has a CUDA device of its own, else gloo.
+        timeout: how long to wait for every rank to join, and for each
+            collective afterwards; by default ``DRYTORCH_DIST_TIMEOUT``
+            seconds if set, else 5 minutes.
+
+    Returns:
+        The detected environment: rank, world size, master address...
+
+    Raises:
+        DistributedSetupError: the launcher's variables are malformed, or
+            the ranks did not all join within the timeout.
+
+    """
+    global _active
+    if _active is not None and (
+        _active.world_size == 1 or dist.is_initialized()
+    ):
+        _check_backend(_active, backend)
+        return _active
+    environment = detect_environment()
+    if environment.world_size > 1:
+        if dist.is_initialized():
+            _adopt(environment)
+        else:
+            _start(
+                environment,
+                backend or default_backend(environment.local_world_size),
+                timeout or _timeout_from_environment(),
+            )
+    _active = environment
+    return environment
+
+
+def teardown_distributed() -> None:
+    """Destroy the process group, if any; safe to call more than once."""
+    global _active
+    _active = None
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def default_backend(local_world_size: int) -> str:
+    """NCCL where each of this node's ranks has a CUDA device, else gloo.
+
+    Decided from the node's rank count rather than this rank's index, so
+    that the ranks of a node with fewer devices than ranks all pick gloo:
+    ranks that disagree on the backend would never meet.
+    """
+    if (
+        torch.cuda.is_available()
+        and local_world_size <= torch.cuda.device_count()
+    ):
+        return 'nccl'
+    return 'gloo'
+
+
+def _start(
+    environment: ClusterEnvironment,
+    backend: str,
+    timeout: datetime.timedelta,
+) -> None:
+    device_id = None
+    if backend == 'nccl':
+        # Bind before the group exists, so that NCCL's communicator and
+        # every later .cuda() land on this rank's own device.
+        device_id = torch.device('cuda', environment.local_rank)
+        torch.cuda.set_device(device_id)
+    addr = environment.master_addr
+    port = environment.master_port
+    host = f'[{addr}]' if ':' in addr else addr  # IPv6 literal
+    try:
+        dist.init_process_group(
+            backend,
+            init_method=f'tcp://{host}:{port}',
+            rank=environment.rank,
+            world_size=environment.world_size,
+            timeout=timeout,
+            device_id=device_id,
+        )
+    except (RuntimeError, OSError, ValueError) as exc:
+        seconds = timeout.total_seconds()
+        raise environment.setup_error(
+            f'the {backend} process group of {environment.world_size} '
+            f'ranks did not come up within {seconds:g} s at '
+            f'{addr}:{port} (this is rank {environment.rank}): {exc}',
+            f'that all {environment.world_size} processes were started and '
+            f'each called init_distributed, that none of them crashed '
+            f'before, that {addr}:{port} is reachable from every node and '
+            f'not taken by another job, and {environment.hint}; to wait '
+            f'longer, set {TIMEOUT_VARIABLE} (seconds)',
+        ) from exc
+
+
+def _adopt(environment: ClusterEnvironment) -> None:
+    """Accept a group started elsewhere if it is the one the launcher says."""
+    actual = (dist.get_rank(), dist.get_world_size())
+    expected = (environment.rank, environment.world_size)
+    if actual != expected:
+        raise environment.setup_error(
+            f'a process group is already up as rank {actual[0]} of '
+            f'{actual[1]}, but the launcher says rank {expected[0]} of '
+            f'{expected[1]}',
+            'the code that started the group before init_distributed',
+        )
+
+
+def _check_backend(
+    environment: ClusterEnvironment,
+    backend: str | None,
+) -> None:
+    if backend is None or not dist.is_initialized():
+        return
+    running = dist.get_backend()
+    if running != backend:
+        raise environment.setup_error(
+            f'backend {backend!r} was asked for, but the process group is '
+            f'already up with {running!r}',
+            'that every call to init_distributed asks for the same backend, '
+            'or call teardown_distributed first',
+        )
+
+
+def _timeout_from_environment() -> datetime.timedelta:
+    raw = os.environ.get(TIMEOUT_VARIABLE)
+    if raw is None:
+        return DEFAULT_TIMEOUT
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = 0.0
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise DistributedSetupError(
+            f'{TIMEOUT_VARIABLE}={raw!r} is not a positive number of '
+            'seconds. Check its value, e.g. 300, or unset it for the '
+            'default of 5 minutes.'
+        )
+    return datetime.timedelta(seconds=seconds)

@@ -1,0 +1,1 @@
+"""Ready-made training pieces built on the kernel and the distributed layer."""

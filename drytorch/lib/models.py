@@ -1,0 +1,145 @@
+"""A model: a module with a name, a device, an epoch count and checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from drytorch.core import log_events
+from drytorch.core.experimenting import Experiment
+from drytorch.distributed import ranks
+from drytorch.lib.checkpoints import LocalCheckpoint
+
+__all__ = ['Model', 'default_device']
+
+
+def default_device() -> torch.device:
+    """The GPU of this process's local rank when there is one, else CPU."""
+    if torch.cuda.is_available():
+        local = ranks.get_local_rank()
+        return torch.device('cuda', local % torch.cuda.device_count())
+    return torch.device('cpu')
+
+
+class Model:
+    """Wraps an ``nn.Module`` for the running experiment.
+
+    Creating a model documents its architecture in the run; it must happen
+    inside a run, and one module can be wrapped once per run.
+
+    Args:
+        module: the network.
+        name: the name in logs and folders; defaults to the class name.
+        device: where to put it; defaults to :func:`default_device`.
+        checkpoint: where its checkpoints go; defaults to the run's folder.
+        mixed_precision: run forward passes under autocast (float16 with a
+            gradient scaler on CUDA, bfloat16 on CPU).
+
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        name: str = '',
+        device: torch.device | str | None = None,
+        checkpoint: LocalCheckpoint | None = None,
+        mixed_precision: bool = False,
+    ) -> None:
+        if not isinstance(module, torch.nn.Module):
+            raise TypeError(
+                f'Model needs a torch.nn.Module, got {type(module).__name__}.'
+            )
+        experiment = Experiment.get_current()
+        self.device = torch.device(device) if device else default_device()
+        self.module = module.to(self.device)
+        self.name = experiment.metadata_manager.register_model(
+            name or module.__class__.__name__, module
+        )
+        self.epoch = 0
+        self.checkpoint = checkpoint or LocalCheckpoint()
+        self.checkpoint.bind(self.name)
+        self.mixed_precision = mixed_precision
+        self._ddp: torch.nn.Module | None = None
+
+    def __call__(self, inputs: Any) -> Any:
+        return self.module(inputs)
+
+    @property
+    def autocast_dtype(self) -> torch.dtype:
+        """The reduced precision used under ``mixed_precision``."""
+        return torch.float16 if self.device.type == 'cuda' else torch.bfloat16
+
+    @contextlib.contextmanager
+    def autocast(self) -> Iterator[None]:
+        """Autocast when mixed precision is on; nothing otherwise."""
+        if not self.mixed_precision:
+            yield
+            return
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype):
+            yield
+
+    def training_module(self) -> torch.nn.Module:
+        """The module to train: wrapped in DDP when a group is up."""
+        if not ranks.is_distributed():
+            return self.module
+        if self._ddp is None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = (
+                [self.device.index] if self.device.type == 'cuda' else None
+            )
+            self._ddp = DistributedDataParallel(
+                self.module, device_ids=device_ids
+            )
+        return self._ddp
+
+    def state_dict(self) -> dict[str, Any]:
+        """Weights and epoch count."""
+        return {'module': self.module.state_dict(), 'epoch': self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore weights and epoch count."""
+        self.module.load_state_dict(state['module'])
+        self.epoch = int(state['epoch'])
+
+    def save_state(self) -> None:
+        """Save the weights alone (rank zero writes; all ranks call)."""
+        location = ''
+        if ranks.is_rank_zero():
+            location = self.checkpoint.save(
+                {'model': self.state_dict()}, self.epoch
+            )
+        ranks.barrier()
+        log_events.SaveModelEvent(
+            model_name=self.name,
+            definition='state',
+            location=location,
+            epoch=self.epoch,
+        )
+
+    def load_state(self, epoch: int = -1) -> None:
+        """Load the weights of ``epoch`` (-1: the newest)."""
+        state, info = self.checkpoint.load(epoch, mid_epoch=False)
+        self.load_state_dict(state['model'])
+        log_events.LoadModelEvent(
+            model_name=self.name,
+            definition='state',
+            location=str(info.path),
+            epoch=self.epoch,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        params = sum(p.numel() for p in self.module.parameters())
+        return {
+            'name': self.name,
+            'module': type(self.module).__name__,
+            'parameters': params,
+            'device': str(self.device),
+            'mixed_precision': self.mixed_precision,
+        }
+
+    def __repr__(self) -> str:
+        return f'Model({self.name!r}, epoch={self.epoch})'

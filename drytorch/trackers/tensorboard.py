@@ -1,0 +1,251 @@
+"""Metrics as TensorBoard scalars, and optionally a TensorBoard server.
+
+Scalars are tagged ``model/source/metric`` and stepped by epoch; the
+configuration and tags are written as text.  A resumed run reopens its
+log directory with a purge step at the first epoch it logs, so that
+TensorBoard hides what the earlier attempt wrote past its checkpoint and no
+epoch shows twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import pathlib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from typing import IO, TYPE_CHECKING
+
+from typing_extensions import override
+
+from drytorch.core import exceptions, log_events
+from drytorch.trackers.base_classes import Dumper, config_dict
+from drytorch.trackers.logging import InfoLevels
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
+__all__ = ['TensorBoard', 'is_available']
+
+_logger = logging.getLogger('drytorch')
+
+
+def is_available() -> bool:
+    """Whether the tensorboard package can be imported."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class TensorBoard(Dumper):
+    """Writes TensorBoard event files; can serve them on loopback.
+
+    The log directory is ``tensorboard`` in the run's folder by default.
+    With ``par_dir`` given it is ``<par_dir>/tensorboard/<experiment>/<run
+    id>``, so that a server started on ``<par_dir>/tensorboard`` lists the
+    runs side by side.
+
+    Args:
+        par_dir: the folder; the run's folder when None.
+        start_server: start ``tensorboard`` on 127.0.0.1 for each run,
+            print its address, and stop it when the run stops.
+        port: the server's port; a free one when None.
+        server_timeout: seconds to wait for the server to answer.
+
+    """
+
+    def __init__(
+        self,
+        par_dir: str | pathlib.Path | None = None,
+        start_server: bool = False,
+        port: int | None = None,
+        server_timeout: float = 60.0,
+    ) -> None:
+        if not is_available():
+            raise exceptions.MissingDependencyError(
+                'tensorboard', 'tensorboard'
+            )
+        super().__init__(par_dir)
+        self.start_server = start_server
+        self.port = port
+        self.server_timeout = server_timeout
+        self.url: str | None = None
+        self._writer: SummaryWriter | None = None
+        self._log_dir: pathlib.Path | None = None
+        self._text: dict[str, str] = {}
+        self._server: subprocess.Popen[bytes] | None = None
+        self._server_output: IO[bytes] | None = None
+
+    @property
+    def root_dir(self) -> pathlib.Path:
+        """The folder a server shows: every run's log directory is in it."""
+        return self.par_dir / 'tensorboard'
+
+    @property
+    def log_dir(self) -> pathlib.Path:
+        """This run's log directory (needs an active run)."""
+        if self._par_dir is None:
+            return self.root_dir
+        return self.root_dir / self.exp_name / self.run_id
+
+    @functools.singledispatchmethod
+    @override
+    def notify(self, event: log_events.Event) -> None:
+        return super().notify(event)
+
+    @notify.register
+    def _(self, event: log_events.StartExperimentEvent) -> None:
+        super().notify(event)
+        self._log_dir = self.log_dir
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        config = json.dumps(config_dict(event.config), indent=2)
+        # four leading spaces: a code block in TensorBoard's markdown
+        self._text = {
+            'config': _indent(config),
+            'tags': ', '.join(event.tags) or '(none)',
+        }
+        if self.start_server:
+            self._start_server()
+
+    @notify.register
+    def _(self, event: log_events.MetricEvent) -> None:
+        writer = self._open(event.epoch)
+        for name, value in event.metrics.items():
+            tag = f'{event.model_name}/{event.source_name}/{name}'
+            writer.add_scalar(tag, float(value), event.epoch)
+        return super().notify(event)
+
+    @notify.register
+    def _(self, event: log_events.StopExperimentEvent) -> None:
+        if self._writer is None and self._text and not self.resumed:
+            self._open(0)  # a run without metrics still shows its config
+        return super().notify(event)
+
+    @override
+    def clean_up(self) -> None:
+        """Flush and close the writer, stop the server."""
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        finally:
+            self._writer = None
+            self._log_dir = None
+            self._text = {}
+            self._stop_server()
+        return super().clean_up()
+
+    def _open(self, epoch: int) -> SummaryWriter:
+        """The writer; created at the first epoch to know the purge step."""
+        log_dir = self._log_dir
+        if log_dir is None:
+            raise exceptions.NoActiveRunError('TensorBoard')
+        if not log_dir.is_dir():
+            # open event files survive their folder's removal: without this
+            # check the metrics would go to files nobody can read
+            raise exceptions.TrackerError(
+                f'The TensorBoard log directory {log_dir} was removed; '
+                'metrics cannot be written there.'
+            )
+        if self._writer is not None:
+            return self._writer
+        from torch.utils.tensorboard import SummaryWriter
+
+        purge = epoch if self.resumed else None
+        writer = SummaryWriter(str(log_dir), purge_step=purge)
+        for tag, text in self._text.items():
+            writer.add_text(tag, text, 0)
+        self._writer = writer
+        return writer
+
+    def _start_server(self) -> None:
+        self._stop_server()
+        port = self.port or _free_port()
+        command = [
+            sys.executable,
+            '-m',
+            'tensorboard.main',
+            '--logdir',
+            str(self.root_dir),
+            '--host',
+            '127.0.0.1',
+            '--port',
+            str(port),
+        ]
+        # kept open while the server runs; closed in _stop_server
+        self._server_output = tempfile.TemporaryFile()  # noqa: SIM115
+        self._server = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=self._server_output,
+            stderr=subprocess.STDOUT,
+        )
+        url = f'http://127.0.0.1:{port}/'
+        self._wait_for(url)
+        self.url = url
+        _logger.log(InfoLevels.experiment, 'TensorBoard serves at %s', url)
+
+    def _wait_for(self, url: str) -> None:
+        deadline = time.monotonic() + self.server_timeout
+        server = self._server
+        while server is not None and time.monotonic() < deadline:
+            if server.poll() is not None:
+                raise exceptions.TrackerError(
+                    f'TensorBoard exited with status {server.returncode}: '
+                    f'{self._server_tail()}'
+                )
+            if _answers(url):
+                return
+            time.sleep(0.1)
+        tail = self._server_tail()
+        self._stop_server()
+        raise exceptions.TrackerError(
+            f'TensorBoard did not answer at {url} within '
+            f'{self.server_timeout} s (server_timeout): {tail}'
+        )
+
+    def _server_tail(self) -> str:
+        output = self._server_output
+        if output is None:
+            return ''
+        output.seek(0)
+        text = output.read().decode(errors='replace').strip()
+        return text[-1000:] or '(no output)'
+
+    def _stop_server(self) -> None:
+        server, self._server = self._server, None
+        self.url = None
+        if server is not None and server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        if self._server_output is not None:
+            self._server_output.close()
+            self._server_output = None
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status < 500)
+    except OSError:  # URLError and timeouts included
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(('127.0.0.1', 0))
+        return int(sock.getsockname()[1])
+
+
+def _indent(text: str) -> str:
+    return '\n'.join('    ' + line for line in text.splitlines())

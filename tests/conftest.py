@@ -1,0 +1,173 @@
+"""Shared fixtures for the real services the tests use, and test markers.
+
+Services are started outside pytest (`.ci/run` does it):
+
+- SLURM: ``bash slurm/cluster/up.sh``
+- PostgreSQL: ``export DRYTORCH_TEST_PG_URL=$(bash slurm/postgres/up.sh)``
+- MPI: Open MPI's ``mpirun`` and ``mpi4py``
+
+A test that asks for an absent service is skipped with the reason, unless
+``CI_REQUIRE_SERVICES=1`` is set: then it fails, so that CI cannot go green
+by skipping what it was meant to check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import NoReturn
+
+import pytest
+
+MARKERS = {
+    'slurm': 'needs the SLURM test cluster (slurm/cluster/up.sh)',
+    'mpi': 'needs Open MPI (mpirun) and mpi4py',
+    'postgres': 'needs PostgreSQL (DRYTORCH_TEST_PG_URL)',
+    'slow': 'takes more than a few seconds',
+}
+# a test that uses one of these fixtures gets the marker without asking
+FIXTURE_MARKERS = {
+    'slurm_cluster': 'slurm',
+    'mpirun': 'mpi',
+    'pg_url': 'postgres',
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, doc in MARKERS.items():
+        config.addinivalue_line('markers', f'{name}: {doc}')
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture, marker in FIXTURE_MARKERS.items():
+            if fixture in getattr(item, 'fixturenames', ()):
+                item.add_marker(marker)
+
+
+def _service_absent(reason: str) -> NoReturn:
+    """Skip, or fail when CI_REQUIRE_SERVICES=1."""
+    if os.environ.get('CI_REQUIRE_SERVICES') == '1':
+        pytest.fail(f'{reason} (CI_REQUIRE_SERVICES=1)', pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope='session', autouse=True)
+def _offline_backends() -> Iterator[None]:
+    """W&B never goes online; matplotlib never needs a display."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv('WANDB_MODE', 'offline')
+        mp.setenv('MPLBACKEND', 'Agg')
+        yield
+
+
+@dataclasses.dataclass(frozen=True)
+class SlurmCluster:
+    """The one-node test cluster; `urgent` preempts jobs in `partition`."""
+
+    partition: str = 'debug'
+    urgent: str = 'urgent'
+
+
+@pytest.fixture(scope='session')
+def slurm_cluster() -> SlurmCluster:
+    """The SLURM test cluster, checked to answer (sinfo)."""
+    hint = 'start it with `bash slurm/cluster/up.sh`'
+    if shutil.which('sinfo') is None or shutil.which('sbatch') is None:
+        _service_absent(f'SLURM is not installed; {hint}')
+    try:
+        proc = subprocess.run(
+            ['sinfo', '-h', '-p', 'debug', '-o', '%T'],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        _service_absent(f'sinfo timed out: SLURM is not up; {hint}')
+    state = proc.stdout.strip()
+    if proc.returncode != 0 or not state:
+        _service_absent(
+            f'SLURM does not answer ({proc.stderr.strip()}); {hint}'
+        )
+    if not state.startswith(('idle', 'mixed', 'alloc', 'completing')):
+        _service_absent(f'SLURM node is {state!r}, not usable; {hint}')
+    return SlurmCluster()
+
+
+@pytest.fixture(scope='session')
+def _pg_server_url() -> str:
+    """URL of the PostgreSQL test server, checked to accept a connection."""
+    hint = (
+        'start it with '
+        '`export DRYTORCH_TEST_PG_URL=$(bash slurm/postgres/up.sh)`'
+    )
+    url = os.environ.get('DRYTORCH_TEST_PG_URL')
+    if not url:
+        _service_absent(f'DRYTORCH_TEST_PG_URL is not set; {hint}')
+    try:
+        import sqlalchemy as sa
+    except ImportError:
+        _service_absent('sqlalchemy is not installed (extra `postgres`)')
+    engine = sa.create_engine(url, connect_args={'connect_timeout': 10})
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text('SELECT 1'))
+    except Exception as exc:  # noqa: BLE001 - any failure means absent
+        _service_absent(f'cannot connect to {url}: {exc}; {hint}')
+    finally:
+        engine.dispose()
+    return url
+
+
+@pytest.fixture
+def pg_url(_pg_server_url: str) -> Iterator[str]:
+    """SQLAlchemy URL of a fresh PostgreSQL database, dropped afterwards."""
+    import sqlalchemy as sa
+
+    server = sa.make_url(_pg_server_url)
+    name = f'drytorch_t_{uuid.uuid4().hex[:16]}'
+    admin = sa.create_engine(server, isolation_level='AUTOCOMMIT')
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE {name}'))
+        yield server.set(database=name).render_as_string(hide_password=False)
+        with admin.connect() as conn:
+            conn.execute(
+                sa.text(f'DROP DATABASE IF EXISTS {name} WITH (FORCE)')
+            )
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture(scope='session')
+def mpirun() -> str:
+    """Path to Open MPI's mpirun, with mpi4py checked to load MPI."""
+    path = shutil.which('mpirun')
+    if path is None:
+        _service_absent('mpirun is not on PATH (apt-get install openmpi-bin)')
+    try:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                '-c',
+                'from mpi4py import MPI; MPI.Get_version()',
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        _service_absent('importing mpi4py timed out')
+    if proc.returncode != 0:
+        _service_absent(
+            'mpi4py cannot load MPI (pip install mpi4py, after '
+            f'libopenmpi-dev): {proc.stderr.strip()[-500:]}'
+        )
+    return path

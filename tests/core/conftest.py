@@ -1,0 +1,40 @@
+"""Fixtures of the kernel's tests: an isolated kernel, an experiment."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from drytorch import Experiment
+from tests.helpers.kernel import RecordingTracker, isolated_kernel
+
+
+@pytest.fixture(autouse=True)
+def _kernel(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> Iterator[None]:
+    """Each test starts in its own folder with no default tracker."""
+    monkeypatch.chdir(tmp_path)
+    with isolated_kernel(monkeypatch):
+        yield
+
+
+@pytest.fixture
+def recorder() -> RecordingTracker:
+    """A fresh recording tracker."""
+    return RecordingTracker()
+
+
+@pytest.fixture
+def experiment(
+    tmp_path: pathlib.Path, recorder: RecordingTracker
+) -> Experiment[Any]:
+    """An experiment under ``tmp_path`` with ``recorder`` subscribed."""
+    exp: Experiment[Any] = Experiment(
+        {'lr': 0.1}, name='Exp', par_dir=tmp_path / 'experiments'
+    )
+    exp.trackers.subscribe(recorder)
+    return exp
