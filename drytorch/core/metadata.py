@@ -25,18 +25,39 @@ _MAX_DEPTH = 3
 _MAX_STR = 200
 
 
-def readable(obj: Any, depth: int = 0) -> Any:
+def readable(
+    obj: Any,
+    depth: int = 0,
+    *,
+    max_items: int | None = _MAX_ITEMS,
+    max_depth: int = _MAX_DEPTH,
+    max_str: int | None = _MAX_STR,
+) -> Any:
     """A YAML- and JSON-friendly picture of ``obj``.
 
     Numbers, strings and small containers stay as they are; dataclasses and
     plain objects become dictionaries of their public attributes; tensors
     and arrays are summarised by shape and dtype (their values are data, not
     metadata).  Depth and length are bounded so that a large object never
-    floods the logs.
+    floods the logs; dumpers that must keep everything (a configuration, an
+    architecture) pass ``max_items=None`` and ``max_str=None``.
+
+    Args:
+        obj: the object to describe.
+        depth: the nesting level of ``obj`` (for recursive calls).
+        max_items: items kept per container; None keeps all.
+        max_depth: nesting level from which objects become their repr.
+        max_str: characters kept per string; None keeps all.
+
     """
+    limits: dict[str, Any] = {
+        'max_items': max_items,
+        'max_depth': max_depth,
+        'max_str': max_str,
+    }
     if obj is None or isinstance(obj, bool | str):
-        if isinstance(obj, str) and len(obj) > _MAX_STR:
-            return obj[: _MAX_STR - 3] + '...'
+        if isinstance(obj, str) and max_str is not None and len(obj) > max_str:
+            return obj[: max_str - 3] + '...'
         return obj
     if isinstance(obj, numbers.Number):
         return obj.item() if hasattr(obj, 'item') else obj
@@ -48,40 +69,44 @@ def readable(obj: Any, depth: int = 0) -> Any:
     if shape is not None and hasattr(obj, 'dtype'):
         name = obj.__class__.__name__
         return f'{name}(shape={tuple(shape)}, dtype={obj.dtype})'
-    if depth >= _MAX_DEPTH:
-        return _short_repr(obj)
+    if depth >= max_depth:
+        return _short_repr(obj, max_str)
     if isinstance(obj, Mapping):
         items = list(obj.items())
-        out = {str(k): readable(v, depth + 1) for k, v in items[:_MAX_ITEMS]}
-        if len(items) > _MAX_ITEMS:
-            out['...'] = f'{len(items) - _MAX_ITEMS} more'
+        kept = items if max_items is None else items[:max_items]
+        out = {str(k): readable(v, depth + 1, **limits) for k, v in kept}
+        if len(kept) < len(items):
+            out['...'] = f'{len(items) - len(kept)} more'
         return out
     if isinstance(obj, list | tuple | set | frozenset):
         seq = list(obj)
-        out_list = [readable(v, depth + 1) for v in seq[:_MAX_ITEMS]]
-        if len(seq) > _MAX_ITEMS:
-            out_list.append(f'... {len(seq) - _MAX_ITEMS} more')
+        kept_seq = seq if max_items is None else seq[:max_items]
+        out_list = [readable(v, depth + 1, **limits) for v in kept_seq]
+        if len(kept_seq) < len(seq):
+            out_list.append(f'... {len(seq) - len(kept_seq)} more')
         return out_list
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         fields = {
             f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)
         }
-        return {obj.__class__.__name__: readable(fields, depth + 1)}
+        return {obj.__class__.__name__: readable(fields, depth + 1, **limits)}
     describe = getattr(obj, 'describe', None)
     if callable(describe):
-        return readable(describe(), depth)
+        return readable(describe(), depth, **limits)
     attrs = getattr(obj, '__dict__', None)
     if attrs:
         public = {k: v for k, v in attrs.items() if not k.startswith('_')}
         if public:
-            return {obj.__class__.__name__: readable(public, depth + 1)}
-    return _short_repr(obj)
+            return {
+                obj.__class__.__name__: readable(public, depth + 1, **limits)
+            }
+    return _short_repr(obj, max_str)
 
 
-def _short_repr(obj: Any) -> str:
+def _short_repr(obj: Any, max_str: int | None = _MAX_STR) -> str:
     text = repr(obj)
-    if len(text) > _MAX_STR:
-        text = text[: _MAX_STR - 3] + '...'
+    if max_str is not None and len(text) > max_str:
+        text = text[: max_str - 3] + '...'
     return text
 
 

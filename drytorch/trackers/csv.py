@@ -39,7 +39,8 @@ class CSVDumper(Dumper, MetricLoader):
     ) -> None:
         super().__init__(par_dir)
         self.delimiter = delimiter
-        self._checked: set[pathlib.Path] = set()
+        # The metric columns of each file written this session, in order.
+        self._columns: dict[pathlib.Path, list[str]] = {}
 
     def file_path(self, model_name: str, source_name: str) -> pathlib.Path:
         """The CSV file of a model and source."""
@@ -54,22 +55,38 @@ class CSVDumper(Dumper, MetricLoader):
     def _(self, event: log_events.MetricEvent) -> None:
         path = self.file_path(event.model_name, event.source_name)
         names = list(event.metrics)
-        header = _FIXED + names
-        if path not in self._checked:
-            self._prepare(path, header, event.epoch)
-            self._checked.add(path)
+        if path not in self._columns:
+            self._columns[path] = self._prepare(path, names, event.epoch)
+        columns = self._columns[path]
+        if sorted(columns) != sorted(names):
+            raise exceptions.TrackerError(
+                f'{path} has the metric columns {columns}, but this '
+                f'MetricEvent of epoch {event.epoch} has {names}; a source '
+                'must report the same metrics at every epoch.'
+            )
         row = [event.model_name, event.source_name, str(event.epoch)]
-        row += [repr(float(event.metrics[name])) for name in names]
+        row += [repr(float(event.metrics[name])) for name in columns]
         with path.open('a', newline='', encoding='utf-8') as stream:
             csv.writer(stream, delimiter=self.delimiter).writerow(row)
         return super().notify(event)
 
     def _prepare(
-        self, path: pathlib.Path, header: list[str], epoch: int
-    ) -> None:
-        """Make ``path`` hold ``header`` and no row from ``epoch`` on."""
+        self, path: pathlib.Path, names: list[str], epoch: int
+    ) -> list[str]:
+        """Make ``path`` hold no row from ``epoch`` on; return its columns.
+
+        An existing file with the same metrics keeps its column order, so
+        that a resumed run appends rows that line up with the old ones.
+        """
         path.parent.mkdir(parents=True, exist_ok=True)
+        header = _FIXED + names
         rows = self._read_rows(path) if path.exists() else None
+        if (
+            rows
+            and rows[0][: len(_FIXED)] == _FIXED
+            and sorted(rows[0]) == sorted(header)
+        ):
+            header = rows[0]
         if rows is not None and rows and rows[0] != header:
             aside = path.with_suffix('.previous.csv')
             path.replace(aside)
@@ -87,6 +104,7 @@ class CSVDumper(Dumper, MetricLoader):
         buffer = io.StringIO()
         csv.writer(buffer, delimiter=self.delimiter).writerows(kept)
         atomic_write_text(path, buffer.getvalue())
+        return header[len(_FIXED) :]
 
     def _read_rows(self, path: pathlib.Path) -> list[list[str]]:
         with path.open(newline='', encoding='utf-8') as stream:
@@ -94,7 +112,7 @@ class CSVDumper(Dumper, MetricLoader):
 
     @override
     def clean_up(self) -> None:
-        self._checked.clear()
+        self._columns.clear()
         return super().clean_up()
 
     @override

@@ -26,12 +26,20 @@ def is_available() -> bool:
     return True
 
 
+# A dump is the record of what ran: no container or string is cut short
+# (only nesting is bounded, against objects that refer to themselves).
+_DUMP_DEPTH = 32
+
+
 def _dump(path: pathlib.Path, data: Any) -> None:
     import yaml
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    picture = readable(
+        data, max_items=None, max_depth=_DUMP_DEPTH, max_str=None
+    )
     text = yaml.safe_dump(
-        readable(data), sort_keys=False, allow_unicode=True, width=79
+        picture, sort_keys=False, allow_unicode=True, width=79
     )
     atomic_write_text(path, text)
 

@@ -135,7 +135,7 @@ for _ in $(seq 1 300); do
   st=$(node_state || true)
   case "$st" in
     idle|mixed|allocated) break ;;
-    drain*|drained*) scontrol update NodeName=localhost State=RESUME 2>/dev/null || true ;;
+    drain*) scontrol update NodeName=localhost State=RESUME 2>/dev/null || true ;;
   esac
   sleep 0.1
 done

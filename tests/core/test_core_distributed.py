@@ -36,7 +36,12 @@ def launch(
     cwd = par_dir.parent / 'cwd'
     cwd.mkdir()
     launched = run_distributed(
-        2, script=WORKER, args=[par_dir], cwd=cwd, timeout=90
+        2,
+        script=WORKER,
+        args=[par_dir],
+        cwd=cwd,
+        env={'DRYTORCH_INIT_MODE': 'standard'},
+        timeout=90,
     ).check()
     return par_dir, launched, results(launched)
 
@@ -96,9 +101,7 @@ def test_only_rank_zero_logs(launch: Any) -> None:
 def test_only_rank_zero_writes(launch: Any) -> None:
     par_dir, _, (zero, _) = launch
     run_dir = pathlib.Path('DistExp', 'runs', zero['run_id'])
-    files = {
-        p.relative_to(par_dir) for p in par_dir.rglob('*') if p.is_file()
-    }
+    files = {p.relative_to(par_dir) for p in par_dir.rglob('*') if p.is_file()}
     assert files == {
         pathlib.Path('DistExp', 'registry.json'),
         pathlib.Path('DistExp', '.registry.json.lock'),

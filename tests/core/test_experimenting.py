@@ -85,9 +85,11 @@ class TestExperiment:
             pass
 
         plain = Experiment(Config(), name='Plain', par_dir='experiments')
-        with plain.create_run():
-            with pytest.raises(exceptions.NoActiveRunError, match='Plain'):
-                MyExperiment.get_current()
+        with (
+            plain.create_run(),
+            pytest.raises(exceptions.NoActiveRunError, match='Plain'),
+        ):
+            MyExperiment.get_current()
         mine = MyExperiment(Config(lr=0.5), par_dir='experiments')
         assert mine.name == 'MyExperiment'
         with mine.create_run():
@@ -257,7 +259,11 @@ class TestIds:
 class TestNames:
     @pytest.mark.parametrize(
         ('name', 'chars'),
-        [('a/b', ["'/'"]), ('x:y', ["':'"]), ('a<b>|c', ["'<'", "'>'", "'|'"])],
+        [
+            ('a/b', ["'/'"]),
+            ('x:y', ["':'"]),
+            ('a<b>|c', ["'<'", "'>'", "'|'"]),
+        ],
     )
     def test_bad_characters_are_named(
         self, name: str, chars: list[str]

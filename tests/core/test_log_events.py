@@ -40,11 +40,21 @@ def every_event() -> list[tuple[type[log_events.Event], dict[str, Any]]]:
         ),
         (
             log_events.SaveModelEvent,
-            {'model_name': 'm', 'definition': 'd', 'location': 'l', 'epoch': 1},
+            {
+                'model_name': 'm',
+                'definition': 'd',
+                'location': 'l',
+                'epoch': 1,
+            },
         ),
         (
             log_events.LoadModelEvent,
-            {'model_name': 'm', 'definition': 'd', 'location': 'l', 'epoch': 1},
+            {
+                'model_name': 'm',
+                'definition': 'd',
+                'location': 'l',
+                'epoch': 1,
+            },
         ),
         (
             log_events.StartTrainingEvent,
@@ -160,7 +170,11 @@ def test_run_publishes_start_and_stop_with_run_details(
     assert start.run_dir == run.dir
     assert isinstance(start.run_ts, datetime.datetime)
     assert isinstance(stop, log_events.StopExperimentEvent)
-    assert (stop.exp_name, stop.run_id, stop.status) == ('Exp', run.id, 'completed')
+    assert (stop.exp_name, stop.run_id, stop.status) == (
+        'Exp',
+        run.id,
+        'completed',
+    )
     assert not stop.preempted
 
 

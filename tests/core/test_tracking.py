@@ -161,9 +161,11 @@ class TestGetCurrent:
     def test_not_used_names_the_class_and_the_subscribed(self) -> None:
         exp = make_experiment()
         exp.trackers.subscribe(RecordingTracker())
-        with exp.create_run():
-            with pytest.raises(exceptions.TrackerNotUsedError) as info:
-                UnrelatedTracker.get_current()
+        with (
+            exp.create_run(),
+            pytest.raises(exceptions.TrackerNotUsedError) as info,
+        ):
+            UnrelatedTracker.get_current()
         message = str(info.value)
         assert 'UnrelatedTracker' in message
         assert 'RecordingTracker' in message
@@ -237,9 +239,7 @@ class TestFailingTrackers:
             assert exp.trackers.named_trackers == {}
 
     @pytest.mark.parametrize('error', [KeyboardInterrupt, SystemExit])
-    def test_interrupts_pass_through(
-        self, error: type[BaseException]
-    ) -> None:
+    def test_interrupts_pass_through(self, error: type[BaseException]) -> None:
         exp = make_experiment()
         failing = FailingTracker(on=log_events.EndTrainingEvent, error=error())
         exp.trackers.subscribe(failing)
@@ -312,4 +312,6 @@ def test_warning_category_is_a_drytorch_warning() -> None:
         warnings.simplefilter('always')
         log_events.EndTrainingEvent(source_name='s')
     assert [w.category for w in caught] == [tracking.TrackerFailedWarning]
-    assert issubclass(tracking.TrackerFailedWarning, exceptions.DryTorchWarning)
+    assert issubclass(
+        tracking.TrackerFailedWarning, exceptions.DryTorchWarning
+    )

@@ -9,7 +9,9 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import random
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -33,7 +35,7 @@ from drytorch.distributed.slurm import PORT_BASE, PORT_SPAN
 
 WORKER = Path(__file__).with_name('rank_worker.py')
 REPO = Path(__file__).resolve().parents[2]
-SETUP_TIMEOUT = 5  # seconds, for the tests that must fail
+SETUP_TIMEOUT = 4  # seconds, for the tests that must fail
 
 
 def worker_environ(**variables: object) -> dict[str, str]:
@@ -82,9 +84,14 @@ def srun_ranks(
 
 
 def run_ranks(
-    environs: list[dict[str, str]], mode: str, limit: float = 40
+    environs: list[dict[str, str]], mode: str, limit: float = 60
 ) -> list[tuple[int, dict[str, Any]]]:
-    """Start one worker per environment; their exit codes and reports."""
+    """Start one worker per environment; their exit codes and reports.
+
+    ``limit`` only guards against a hang: the timeouts under test are
+    measured by the ranks themselves, since imports on a loaded machine
+    can take longer than the timeout.
+    """
     procs = [
         subprocess.Popen(
             [sys.executable, str(WORKER), mode],
@@ -116,6 +123,15 @@ def last_report(out: str, err: str) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
+def port_is_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(('127.0.0.1', port))
+        except OSError:
+            return False
+    return True
+
+
 # --- one process ---------------------------------------------------------
 
 
@@ -134,7 +150,9 @@ def test_ensure_process_group_starts_nothing_alone() -> None:
     assert not dist.is_initialized()
 
 
-def test_a_group_of_one_can_still_be_adopted(free_port: Callable[[], int]):
+def test_a_group_of_one_can_still_be_adopted(
+    free_port: Callable[[], int],
+) -> None:
     dist.init_process_group(
         'gloo',
         init_method=f'tcp://127.0.0.1:{free_port()}',
@@ -169,7 +187,7 @@ def test_backend_follows_the_devices(monkeypatch: pytest.MonkeyPatch) -> None:
     # since ranks that disagree on the backend never meet
     assert pg.default_backend(3) == 'gloo'
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
-    assert pg.default_backend(0) == 'gloo'
+    assert pg.default_backend(1) == 'gloo'
 
 
 def test_timeout_default_and_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -208,10 +226,11 @@ def test_two_ranks_as_torchrun_starts_them(
 
 def test_three_ranks_as_srun_starts_them() -> None:
     # No MASTER_PORT: the port is derived from the job id; pick an id
-    # whose port is free here.
+    # whose port is free here (from a random start: test runs may overlap).
+    first = random.randrange(PORT_SPAN)
     job_id = next(
         job
-        for job in range(7919, 7919 + PORT_SPAN, 97)
+        for job in range(first, first + PORT_SPAN)
         if port_is_free(PORT_BASE + job % PORT_SPAN)
     )
     results = run_ranks(srun_ranks(3, job_id), 'init')
@@ -225,19 +244,22 @@ def test_three_ranks_as_srun_starts_them() -> None:
         assert report['total'] == 3.0
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    'started', [[0, 1], [1, 2]], ids=['rank-2-missing', 'rank-0-missing']
+)
 def test_missing_ranks_fail_within_the_timeout(
-    free_port: Callable[[], int],
+    free_port: Callable[[], int], started: list[int]
 ) -> None:
-    # SLURM_NTASKS says 3, but only ranks 0 and 1 are started.
+    # SLURM_NTASKS says 3, but only two ranks are started.  Without rank 0
+    # nobody serves the rendezvous: a different failure inside torch.
     environs = srun_ranks(
         3,
         4242,
         MASTER_PORT=free_port(),
         DRYTORCH_DIST_TIMEOUT=SETUP_TIMEOUT,
-    )[:2]
-    start = time.monotonic()
-    results = run_ranks(environs, 'init', limit=6 * SETUP_TIMEOUT)
-    elapsed = time.monotonic() - start
+    )
+    results = run_ranks([environs[rank] for rank in started], 'init')
     for code, report in results:
         assert code == 3, report
         message = report['setup_error']
@@ -245,19 +267,17 @@ def test_missing_ranks_fail_within_the_timeout(
         assert f'did not come up within {SETUP_TIMEOUT} s' in message
         assert "SLURM_NTASKS='3'" in message
         assert 'that all 3 processes were started' in message
+        # measured by the rank from its call, so slow imports do not count
         assert report['seconds'] < 3 * SETUP_TIMEOUT
-    assert elapsed < 5 * SETUP_TIMEOUT
 
 
+@pytest.mark.slow
 def test_a_killed_rank_makes_the_others_fail(
     free_port: Callable[[], int],
 ) -> None:
-    environs = [
-        {**environ, 'VICTIM': '1', 'DRYTORCH_DIST_TIMEOUT': SETUP_TIMEOUT}
-        for environ in torchrun_ranks(3, free_port())
-    ]
-    environs = [{k: str(v) for k, v in e.items()} for e in environs]
-    results = run_ranks(environs, 'loop', limit=6 * SETUP_TIMEOUT)
+    limits = {'VICTIM': '1', 'DRYTORCH_DIST_TIMEOUT': str(SETUP_TIMEOUT)}
+    environs = [{**e, **limits} for e in torchrun_ranks(3, free_port())]
+    results = run_ranks(environs, 'loop', limit=60)
     (code0, report0), (code1, report1), (code2, report2) = results
     assert code1 == -9, report1  # SIGKILL
     for code, report in ((code0, report0), (code2, report2)):
@@ -298,6 +318,11 @@ def test_under_real_torchrun() -> None:
 
 
 def test_under_real_mpirun(mpirun: str) -> None:
+    environ = worker_environ()
+    if not (shutil.which('ssh') or shutil.which('rsh')):
+        # Open MPI refuses to start without a remote shell on PATH, even
+        # for a launch on this node alone, where it never calls it.
+        environ.setdefault('OMPI_MCA_plm_rsh_agent', 'false')
     proc = subprocess.run(
         [
             mpirun,
@@ -309,7 +334,7 @@ def test_under_real_mpirun(mpirun: str) -> None:
             str(WORKER),
             'init',
         ],
-        env=worker_environ(),
+        env=environ,
         capture_output=True,
         text=True,
         timeout=90,
@@ -326,14 +351,3 @@ def test_under_real_mpirun(mpirun: str) -> None:
     assert {r['local_rank'] for r in reports} == {0, 1}
     # rank zero chose the address and port and broadcast them over MPI
     assert len({r['master'] for r in reports}) == 1
-
-
-def port_is_free(port: int) -> bool:
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(('127.0.0.1', port))
-        except OSError:
-            return False
-    return True

@@ -12,6 +12,9 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 WORKER = Path(__file__).with_name('rank_worker.py')
 REPO = Path(__file__).resolve().parents[2]
@@ -23,7 +26,10 @@ DETECT = (
 )
 
 
-def test_batch_shell_and_srun_tasks(slurm_cluster, tmp_path: Path) -> None:
+@pytest.mark.slow
+def test_batch_shell_and_srun_tasks(
+    slurm_cluster: Any, tmp_path: Path
+) -> None:
     output = tmp_path / 'job.out'
     script = tmp_path / 'job.sh'
     script.write_text(

@@ -1,0 +1,173 @@
+"""Metrics drawn live in the windows of a running Visdom server.
+
+The server is checked at construction, so that a wrong address fails
+before training starts rather than at the first epoch.  Each epoch sends
+only the new points of each curve.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, ClassVar
+
+from typing_extensions import override
+
+from drytorch.core import exceptions
+from drytorch.trackers.base_classes import MetricLoader
+from drytorch.trackers.plotting import BasePlotter, Series
+
+if TYPE_CHECKING:
+    import visdom
+
+__all__ = ['VisdomNotRunningError', 'VisdomPlotter', 'is_available']
+
+
+def is_available() -> bool:
+    """Whether visdom can be imported."""
+    try:
+        import visdom  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class VisdomNotRunningError(exceptions.TrackerError):
+    """Raised when no Visdom server answers at the given address."""
+
+    def __init__(self, server: str, port: int, reason: str) -> None:
+        super().__init__(
+            f'No Visdom server answers at {server}:{port} ({reason}). '
+            'Start one first, e.g. `python -m visdom.server -port '
+            f'{port}`, or pass the server and port it listens on.'
+        )
+
+
+class VisdomPlotter(BasePlotter[str]):
+    """Plots each metric of a model in a window of a Visdom server.
+
+    Windows are named ``<model>-<metric>`` in the environment ``env``;
+    :meth:`plot_metric` returns the window's name.
+
+    Args:
+        server: the server's address.
+        port: the server's port.
+        env: the Visdom environment of the windows.
+        model_names: the models to plot; every model when empty.
+        source_names: the sources to plot; every source when empty.
+        metric_names: the metrics to plot; every metric when empty.
+        start: the first epoch shown; negative: only the last epochs.
+        metric_loader: reads the metrics of earlier sessions.
+
+    Raises:
+        VisdomNotRunningError: when the server does not answer.
+
+    """
+
+    live: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        server: str = 'http://localhost',
+        port: int = 8097,
+        env: str = 'drytorch',
+        *,
+        model_names: Iterable[str] = (),
+        source_names: Iterable[str] = (),
+        metric_names: Iterable[str] = (),
+        start: int = 1,
+        metric_loader: MetricLoader | None = None,
+    ) -> None:
+        if not is_available():
+            raise exceptions.MissingDependencyError('visdom', 'visdom')
+        super().__init__(
+            model_names, source_names, metric_names, start, metric_loader
+        )
+        self.server = server
+        self.port = port
+        self.env = env
+        self.viz = self._connect()
+        # per window and trace: the epochs already drawn
+        self._drawn: dict[str, dict[str, list[int]]] = {}
+
+    @override
+    def _draw(
+        self,
+        model_name: str,
+        metric_name: str,
+        series: Mapping[str, Series],
+        previous: str | None,
+    ) -> str:
+        import numpy as np
+
+        win = previous or f'{model_name}-{metric_name}'
+        drawn = self._drawn.setdefault(win, {}) if previous else {}
+        self._drawn[win] = drawn
+        for source, (epochs, values) in series.items():
+            done = drawn.get(source)
+            new = len(done) if done else 0
+            appending = bool(done) and epochs[: len(done)] == done
+            if appending and new == len(epochs):
+                continue
+            if not appending:
+                new = 0
+            x, y = np.asarray(epochs[new:]), np.asarray(values[new:], float)
+            update = None if not drawn else 'append' if new else 'replace'
+            if update == 'replace' and source not in drawn:
+                update = 'append'  # a new trace in an existing window
+            self.viz.line(
+                Y=y,
+                X=x,
+                win=win,
+                env=self.env,
+                name=source,
+                update=update,
+                opts=self._options(model_name, metric_name),
+            )
+            drawn[source] = list(epochs)
+        return win
+
+    @override
+    def clean_up(self) -> None:
+        """Close the HTTP session; the next run opens a new one."""
+        session = getattr(self.viz, '_session', None)
+        if session is not None:
+            session.close()
+            self.viz._session = None
+        self._drawn.clear()
+        return super().clean_up()
+
+    def _options(self, model: str, metric: str) -> dict[str, object]:
+        return {
+            'title': f'{model}: {metric}',
+            'xlabel': 'epoch',
+            'ylabel': metric,
+            'showlegend': True,
+            # a trace starts with one point, invisible as a bare line
+            'markers': True,
+            'markersize': 5,
+        }
+
+    def _connect(self) -> visdom.Visdom:
+        import visdom
+
+        try:
+            with warnings.catch_warnings():
+                # visdom calls its logger's deprecated ``warn``
+                warnings.simplefilter('ignore', DeprecationWarning)
+                viz = visdom.Visdom(
+                    server=self.server,
+                    port=self.port,
+                    env=self.env,
+                    raise_exceptions=True,
+                    use_incoming_socket=False,
+                )
+        except ConnectionError as err:
+            raise VisdomNotRunningError(
+                self.server, self.port, str(err)
+            ) from err
+        if not viz.check_connection():
+            raise VisdomNotRunningError(
+                self.server, self.port, 'no answer to the connection check'
+            )
+        return viz

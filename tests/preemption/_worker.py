@@ -1,0 +1,198 @@
+"""One attempt of a small seeded training, preemptable on cue.
+
+Run by the preemption tests as a real process (or as every rank of a
+gloo job, under ``run_distributed``).  The network has dropout and the
+schedule a plateau hook, so that the random state, the optimiser and the
+hooks all have to come back exactly for the weights to match an
+uninterrupted run.
+
+Cues, each for the first attempt of a test only:
+
+- ``--signal-at K --signal-phase train`` sends ``--signal`` to this very
+  process (on ``--signal-rank`` only) from inside the K-th training forward
+  pass of the attempt; ``--signal-phase validate`` counts validation
+  forward passes instead.  A real signal through ``os.kill``: the handler
+  runs as it would for one sent by SLURM.
+- ``--storm N`` sends N signals (USR2, USR1 and TERM in turn) while every
+  checkpoint is being written, between the chunks of the file.
+- ``--slow-save S`` writes checkpoints in chunks with S seconds between
+  them, so that a test can kill the process while the temporary file is
+  there.
+
+At the end rank zero writes ``final.pt`` (model and optimiser state) in
+``--out``.  The run directory is ``<root>/Preempt/runs/<run id>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import pathlib
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+import drytorch
+from drytorch.distributed import ranks, teardown_distributed
+from drytorch.lib import checkpoints, hooks, objectives
+from drytorch.trackers.csv import CSVDumper
+
+STORM = (signal.SIGUSR2, signal.SIGUSR1, signal.SIGTERM)
+
+
+class Cue(nn.Module):
+    """Identity layer that signals its own process at a chosen pass."""
+
+    def __init__(self, at: int, phase: str, signum: int) -> None:
+        super().__init__()
+        self.at = at
+        self.phase = phase
+        self.signum = signum
+        self.passes = {'train': 0, 'validate': 0}
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        phase = 'train' if self.training else 'validate'
+        self.passes[phase] += 1
+        if phase == self.phase and self.passes[phase] == self.at:
+            os.kill(os.getpid(), self.signum)
+        return inputs
+
+
+def data(seed: int = 7) -> tuple[TensorDataset, TensorDataset]:
+    """96 training and 40 validation samples of a 3-class problem."""
+    generator = torch.Generator().manual_seed(seed)
+    features = torch.randn(136, 10, generator=generator)
+    weights = torch.randn(10, 3, generator=generator)
+    labels = (features @ weights).argmax(dim=1)
+    return (
+        TensorDataset(features[:96], labels[:96]),
+        TensorDataset(features[96:], labels[96:]),
+    )
+
+
+def network(cue: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        cue,
+        nn.Linear(10, 32),
+        nn.ReLU(),
+        nn.Dropout(0.3),
+        nn.Linear(32, 3),
+    )
+
+
+def slow_or_stormy_save(pause: float, storm: int) -> None:
+    """Make checkpoint writes slow, or hit by signals, in this process."""
+    real_save = torch.save
+
+    def save(state: Any, stream: Any, *args: Any, **kwargs: Any) -> None:
+        buffer = io.BytesIO()
+        real_save(state, buffer, *args, **kwargs)
+        payload = buffer.getvalue()
+        pieces = max(storm, 8)
+        size = -(-len(payload) // pieces)
+        for index in range(pieces):
+            stream.write(payload[index * size : (index + 1) * size])
+            stream.flush()
+            if index < storm:
+                os.kill(os.getpid(), STORM[index % len(STORM)])
+            if pause:
+                time.sleep(pause)
+
+    checkpoints.torch.save = save  # type: ignore[attr-defined]
+
+
+def trackers(names: Sequence[str]) -> list[drytorch.Tracker]:
+    chosen: list[drytorch.Tracker] = [CSVDumper()]
+    if 'sql' in names:
+        from drytorch.trackers.sqlalchemy import SQLConnection
+
+        chosen.append(SQLConnection())
+    if 'tb' in names:
+        from drytorch.trackers.tensorboard import TensorBoard
+
+        chosen.append(TensorBoard())
+    if 'wandb' in names:
+        from drytorch.trackers.wandb import Wandb
+
+        chosen.append(Wandb())
+    if 'yaml' in names:
+        from drytorch.trackers.yaml import YamlDumper
+
+        chosen.append(YamlDumper())
+    return chosen
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--root', required=True)
+    parser.add_argument('--run-id', default='run')
+    parser.add_argument('--resume', action='store_true')
+    parser.add_argument('--epochs', type=int, default=3)
+    parser.add_argument('--batch-size', type=int, default=16)
+    parser.add_argument('--sync-every', type=int, default=None)
+    parser.add_argument('--signal-at', type=int, default=0)
+    parser.add_argument('--signal-phase', default='train')
+    parser.add_argument('--signal-rank', type=int, default=0)
+    parser.add_argument('--signal', default='USR2')
+    parser.add_argument('--storm', type=int, default=0)
+    parser.add_argument('--slow-save', type=float, default=0.0)
+    parser.add_argument('--save-every', type=int, default=0)
+    parser.add_argument('--trackers', default='csv')
+    parser.add_argument('--out', default='')
+    args = parser.parse_args(argv)
+
+    if args.storm or args.slow_save:
+        slow_or_stormy_save(args.slow_save, args.storm)
+    signum = signal.Signals[f'SIG{args.signal}']
+    at = args.signal_at if ranks.get_rank() == args.signal_rank else 0
+    train_set, val_set = data()
+    experiment = drytorch.Experiment(
+        {'epochs': args.epochs}, name='Preempt', par_dir=args.root
+    )
+    experiment.trackers.subscribe(*trackers(args.trackers.split(',')))
+    with experiment.create_run(run_id=args.run_id, resume=args.resume):
+        print(f'STARTED {time.time()!r}', flush=True)
+        model = drytorch.Model(
+            network(Cue(at, args.signal_phase, signum)), name='net'
+        )
+        loss = drytorch.Loss(objectives.cross_entropy, 'CE')
+        trainer = drytorch.Trainer(
+            model,
+            loader=drytorch.DataLoader(train_set, args.batch_size, seed=3),
+            loss=loss,
+            learning_schema=drytorch.LearningSchema.Adam(lr=0.05),
+            sync_every=args.sync_every,
+        )
+        trainer.add_validation(drytorch.DataLoader(val_set, 16))
+        trainer.post_epoch_hooks.append(
+            hooks.ReduceLROnPlateau(patience=1, factor=0.5)
+        )
+        if args.save_every:
+            trainer.post_epoch_hooks.append(
+                hooks.SaveEveryEpochs(args.save_every)
+            )
+        trainer.train(args.epochs)
+        if ranks.is_rank_zero() and args.out:
+            final = {
+                'model': model.module.state_dict(),
+                'optimizer': trainer.optimizer.state_dict(),
+                'epoch': model.epoch,
+            }
+            torch.save(final, pathlib.Path(args.out) / 'final.pt')
+    return 0
+
+
+if __name__ == '__main__':
+    try:
+        code = main()
+    finally:
+        teardown_distributed()
+    sys.exit(code)

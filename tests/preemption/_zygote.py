@@ -1,0 +1,110 @@
+"""A warm parent that forks attempts of the preemption worker on request.
+
+Every attempt of every preemption test is a process of its own, killed by
+real signals; starting each from a fresh interpreter would spend most of
+the suite's time importing torch.  This parent imports everything once,
+while it is still single-threaded, then forks one child per attempt.  A
+child redirects its output to a log file, takes its environment, runs
+``_worker.main`` and leaves through the interpreter's ordinary exit
+(``SystemExit`` unwinds out of the serving loop), exactly as a script
+would; its exit status is the real one that ``waitpid`` reports.
+
+Protocol, one JSON object per line on stdin, one reply per line on stdout:
+
+- ``{"op": "start", "argv": [...], "env": {...}, "log": PATH}`` forks a
+  child and replies ``{"pid": PID}``;
+- ``{"op": "wait", "pid": PID}`` replies ``{"code": STATUS}`` once the
+  child has exited (negative: killed by that signal).
+
+The parent replies ``{"ready": true}`` once warm.  It exits when its stdin
+closes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+import threading
+from typing import Any
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def warm() -> None:
+    """Import what the worker needs, and what its first step imports."""
+    import sqlalchemy  # noqa: F401
+    import torch
+    import torch.utils.tensorboard  # noqa: F401
+    import wandb  # noqa: F401
+    import yaml  # noqa: F401
+
+    import drytorch  # noqa: F401
+    from drytorch.trackers import (  # noqa: F401
+        csv,
+        sqlalchemy as sql_tracker,
+        tensorboard,
+        wandb as wandb_tracker,
+    )
+
+    sys.path.insert(0, str(HERE))
+    import _worker  # noqa: F401
+
+    # building an optimiser imports torch's compiler stack (seconds)
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+
+
+def reply(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + '\n')
+    sys.stdout.flush()
+
+
+def child(request: dict[str, Any]) -> None:
+    """In the forked child: become the worker (raises SystemExit)."""
+    os.setsid()
+    log = os.open(request['log'], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    os.close(log)
+    os.close(devnull)
+    os.environ.update(request.get('env', {}))
+    import _worker
+
+    argv = [str(a) for a in request['argv']]
+    sys.argv = [_worker.__file__, *argv]
+    try:
+        code = _worker.main(argv)
+    finally:
+        from drytorch.distributed import teardown_distributed
+
+        teardown_distributed()
+    raise SystemExit(code)
+
+
+def serve() -> None:
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request['op'] == 'start':
+            sys.stdout.flush()
+            pid = os.fork()
+            if pid == 0:
+                child(request)
+            reply({'pid': pid})
+        elif request['op'] == 'wait':
+            _, status = os.waitpid(int(request['pid']), 0)
+            reply({'code': os.waitstatus_to_exitcode(status)})
+        else:
+            reply({'error': f'unknown op {request["op"]!r}'})
+
+
+if __name__ == '__main__':
+    warm()
+    threads = [t.name for t in threading.enumerate()]
+    if len(threads) != 1:
+        reply({'error': f'threads before fork: {threads}'})
+        sys.exit(1)
+    reply({'ready': True})
+    serve()

@@ -1,0 +1,72 @@
+"""Fixtures of the tracker tests: an isolated kernel, a Visdom server."""
+
+from __future__ import annotations
+
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.helpers.kernel import isolated_kernel
+from tests.trackers._support import free_port
+
+
+@pytest.fixture(autouse=True)
+def _kernel(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> Iterator[None]:
+    """Each test runs in its own folder, with no default tracker."""
+    monkeypatch.chdir(tmp_path)
+    with isolated_kernel(monkeypatch):
+        yield
+
+
+@pytest.fixture(scope='session')
+def visdom_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """A Visdom server on loopback, started the way that works offline.
+
+    ``python -m visdom.server`` downloads web assets first and fails
+    without network; ``run_server.main`` serves the API without them.
+    """
+    pytest.importorskip('visdom', reason='visdom is not installed')
+    port = free_port()
+    log = tmp_path_factory.mktemp('visdom') / 'server.log'
+    env_path = log.parent / 'envs'
+    with log.open('wb') as output:
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                '-c',
+                'from visdom.server.run_server import main; main()',
+                '-port',
+                str(port),
+                '--hostname',
+                '127.0.0.1',
+                '-bind_local',
+                '-env_path',
+                str(env_path),
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex(('127.0.0.1', port)) == 0:
+                    break
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f'Visdom did not start: {log.read_text()}')
+            time.sleep(0.1)
+        yield port
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()

@@ -1,0 +1,108 @@
+"""HydraLink inside a real ``@hydra.main`` job, run as a script."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip('hydra', reason='hydra-core is not installed')
+
+from drytorch.trackers.hydra import HydraLink, HydraNotRunningError
+
+_REPO = pathlib.Path(__file__).resolve().parents[2]
+
+_SCRIPT = textwrap.dedent(
+    """
+    import pathlib
+    import sys
+
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    import drytorch
+    from drytorch import Experiment
+    from drytorch.core import log_events
+    from drytorch.trackers.hydra import HydraLink
+
+    PAR_DIR = pathlib.Path(sys.argv.pop(1))
+
+
+    @hydra.main(version_base=None, config_path=None, config_name=None)
+    def main(cfg):
+        drytorch.init_trackers('none')
+        output = pathlib.Path(HydraConfig.get().runtime.output_dir)
+        for name, copy in [('copied', True), ('linked', False)]:
+            exp = Experiment(cfg, name=name, par_dir=PAR_DIR)
+            exp.trackers.subscribe(HydraLink(copy_hydra=copy))
+            run(exp, output)
+        print('OUTPUT', output)
+
+
+    def run(exp, output):
+        with exp.create_run('r'):
+            link = exp.run.dir / 'hydra'
+            assert link.is_symlink(), 'linked during the run'
+            assert link.resolve() == output.resolve()
+            assert (link / '.hydra' / 'config.yaml').is_file()
+            log_events.MetricEvent(
+                model_name='m', source_name='train', epoch=1,
+                metrics={'loss': 1.0},
+            )
+
+
+    main()
+    """
+)
+
+
+@pytest.fixture(scope='module')
+def job(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """Run the job once; its experiments' folders are under the result."""
+    tmp_path = tmp_path_factory.mktemp('hydra')
+    script = tmp_path / 'job.py'
+    script.write_text(_SCRIPT)
+    outputs = tmp_path / 'outputs'
+    env = dict(os.environ, PYTHONPATH=str(_REPO))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            str(tmp_path / 'experiments'),
+            f'hydra.run.dir={outputs}',
+            '+lr=0.1',
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f'OUTPUT {outputs}' in proc.stdout
+    return tmp_path
+
+
+def test_link_replaced_by_a_copy_at_clean_up(job: pathlib.Path) -> None:
+    kept = job / 'experiments' / 'copied' / 'runs' / 'r' / 'hydra'
+    assert kept.is_dir()
+    assert not kept.is_symlink()
+    config = (kept / '.hydra' / 'config.yaml').read_text()
+    assert 'lr: 0.1' in config
+    assert (kept / '.hydra' / 'overrides.yaml').is_file()
+
+
+def test_link_kept_without_copy(job: pathlib.Path) -> None:
+    link = job / 'experiments' / 'linked' / 'runs' / 'r' / 'hydra'
+    assert link.is_symlink()
+    assert link.resolve() == (job / 'outputs').resolve()
+
+
+def test_outside_a_hydra_job_fails_at_construction() -> None:
+    with pytest.raises(HydraNotRunningError, match=r'@hydra\.main'):
+        HydraLink()
