@@ -23,7 +23,7 @@ from drytorch.core.metadata import MetadataManager
 from drytorch.core.registry import RunRegistry, RunStatus
 from drytorch.core.tracking import DEFAULT_TRACKERS, EventDispatcher
 from drytorch.distributed import ranks
-from drytorch.distributed.preemption import watcher
+from drytorch.distributed.preemption import request_requeue, watcher
 
 __all__ = ['Experiment', 'Run', 'validate_folder_name']
 
@@ -184,20 +184,30 @@ class Run:
         self._signals.__enter__()
         Experiment._current_run_obj = self
         exp.trackers.activate()
-        log_events.StartExperimentEvent(
-            config=exp.config,
-            exp_name=exp.name,
-            run_ts=decision.timestamp,
-            run_id=decision.run_id,
-            resumed=decision.resumed,
-            par_dir=exp.par_dir,
-            tags=list(exp.tags),
-            attempt=decision.attempt,
-        )
+        try:
+            log_events.StartExperimentEvent(
+                config=exp.config,
+                exp_name=exp.name,
+                run_ts=decision.timestamp,
+                run_id=decision.run_id,
+                resumed=decision.resumed,
+                par_dir=exp.par_dir,
+                tags=list(exp.tags),
+                attempt=decision.attempt,
+            )
+        except BaseException:
+            # Interrupted while starting (trackers' own errors never get
+            # here): no `with` block will stop this run, so stop it now.
+            self.stop('failed')
+            raise
         return self
 
     def stop(self, status: RunStatus = 'completed') -> None:
-        """Publish the stop (trackers clean up) and record the status."""
+        """Publish the stop (trackers clean up) and record the status.
+
+        A preempted run then asks SLURM to requeue its job, outside
+        submitit (see ``drytorch.distributed.preemption.request_requeue``).
+        """
         if self.status != 'running':
             return
         self.status = status
@@ -212,9 +222,16 @@ class Run:
             exp.trackers.deactivate()
             if Experiment._current_run_obj is self:
                 Experiment._current_run_obj = None
-            if self._signals is not None:
-                self._signals.__exit__(None, None, None)
-                self._signals = None
+            try:
+                if status == 'preempted':
+                    # last, once everything is saved, and while the handlers
+                    # are armed: the SIGTERM with which SLURM ends a
+                    # requeued job then only sets the flag
+                    request_requeue()
+            finally:
+                if self._signals is not None:
+                    self._signals.__exit__(None, None, None)
+                    self._signals = None
 
     def __enter__(self) -> Self:
         return self.start()

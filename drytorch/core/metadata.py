@@ -13,7 +13,8 @@ import datetime
 import enum
 import numbers
 import pathlib
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from drytorch.core import exceptions, log_events
@@ -110,6 +111,14 @@ def _short_repr(obj: Any, max_str: int | None = _MAX_STR) -> str:
     return text
 
 
+def _reference(obj: Any) -> Callable[[], Any]:
+    """A weak reference to ``obj`` where it allows one, else a strong one."""
+    try:
+        return weakref.ref(obj)
+    except TypeError:
+        return lambda: obj
+
+
 @dataclasses.dataclass
 class _ModelEntry:
     name: str
@@ -123,7 +132,9 @@ class MetadataManager:
     def __init__(self, exp_name: str = '') -> None:
         self.exp_name = exp_name
         self._models: dict[str, _ModelEntry] = {}
-        self._modules: dict[int, str] = {}
+        # id of each registered module -> its model name and a reference
+        # to it: a dead module's id may be reused by a new object.
+        self._modules: dict[int, tuple[str, Callable[[], Any]]] = {}
         self._actors: dict[tuple[str, str], datetime.datetime] = {}
 
     def reset(self) -> None:
@@ -138,9 +149,10 @@ class MetadataManager:
         A second model with the same name gets a numbered suffix rather than
         mixing its logs with the first one's.
         """
-        if id(module) in self._modules:
+        known = self._modules.get(id(module))
+        if known is not None and known[1]() is module:
             raise exceptions.ModelAlreadyRegisteredError(
-                self._modules[id(module)], self.exp_name
+                known[0], self.exp_name
             )
         unique = name
         counter = 1
@@ -149,7 +161,7 @@ class MetadataManager:
             counter += 1
         now = datetime.datetime.now()
         self._models[unique] = _ModelEntry(unique, now, id(module))
-        self._modules[id(module)] = unique
+        self._modules[id(module)] = (unique, _reference(module))
         log_events.ModelRegistrationEvent(
             model_name=unique, model_ts=now, architecture_repr=repr(module)
         )
@@ -158,8 +170,11 @@ class MetadataManager:
     def unregister_model(self, name: str) -> None:
         """Forget a model, so that its module can be wrapped again."""
         entry = self._models.pop(name, None)
-        if entry is not None:
-            self._modules.pop(entry.module_id, None)
+        if entry is None:
+            return
+        known = self._modules.get(entry.module_id)
+        if known is not None and known[0] == name:
+            del self._modules[entry.module_id]
 
     def register_actor(
         self, actor_name: str, actor: Any, model_name: str

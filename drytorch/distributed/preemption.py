@@ -4,7 +4,9 @@ The handler does nothing but record that the signal arrived.  The loop reads
 the flag at a step boundary (every step in one process; in the packed
 all-reduce at sync points across ranks, so that every rank stops at the
 same step), then checkpoints, closes its trackers and exits with
-:data:`drytorch.core.exceptions.REQUEUE_EXIT_CODE`.  Doing that work inside
+:data:`drytorch.core.exceptions.REQUEUE_EXIT_CODE`; under SLURM, rank zero
+first asks SLURM to requeue the job (:func:`request_requeue`) unless
+submitit, which requeues its own jobs, started it.  Doing that work inside
 the handler, as submitit does for a pickled function, would run it at an
 arbitrary bytecode of the training step, possibly while a collective is in
 flight on another rank.
@@ -21,15 +23,22 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import threading
 import time
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from types import FrameType
+
+from drytorch.core import exceptions
+from drytorch.distributed import ranks
 
 __all__ = [
     'DEFAULT_SIGNALS',
     'PreemptionWatcher',
     'configured_signals',
+    'request_requeue',
+    'under_submitit',
     'watcher',
 ]
 
@@ -39,6 +48,7 @@ DEFAULT_SIGNALS: tuple[signal.Signals, ...] = (
     signal.SIGTERM,
 )
 SIGNALS_VARIABLE = 'DRYTORCH_PREEMPT_SIGNALS'
+REQUEUE_TIMEOUT = 60.0
 
 
 def configured_signals() -> tuple[signal.Signals, ...]:
@@ -122,3 +132,58 @@ class PreemptionWatcher:
 
 watcher = PreemptionWatcher()
 """The process-wide watcher that runs arm while a run is active."""
+
+
+def under_submitit(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether submitit started this process (it then requeues by itself).
+
+    submitit's job scripts export ``SUBMITIT_EXECUTOR`` and its local
+    executor ``SUBMITIT_LOCAL_*``; any ``SUBMITIT_`` variable counts.
+    """
+    source = os.environ if environ is None else environ
+    return any(name.startswith('SUBMITIT_') for name in source)
+
+
+def request_requeue(environ: Mapping[str, str] | None = None) -> bool:
+    """Ask SLURM to requeue this job, when nothing else will.
+
+    Runs ``scontrol requeue $SLURM_JOB_ID`` on rank zero; every other rank,
+    a process outside SLURM (no ``SLURM_JOB_ID``) and a job of submitit
+    (which requeues its own jobs) do nothing.  Not a collective: ranks may
+    call it at different moments, or not at all.  A failure is a warning,
+    since the checkpoint is written and the exit status still says
+    "requeue me" to a job script.
+
+    Returns:
+        Whether SLURM accepted the request.
+
+    """
+    source = os.environ if environ is None else environ
+    job = source.get('SLURM_JOB_ID', '').strip()
+    if not job or under_submitit(source) or not ranks.is_rank_zero():
+        return False
+    command = ['scontrol', 'requeue', job]
+    try:
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=REQUEUE_TIMEOUT,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as err:
+        problem = f'{err.__class__.__name__}: {err}'
+    else:
+        if done.returncode == 0:
+            return True
+        problem = done.stderr.strip() or f'exit status {done.returncode}'
+    warnings.warn(
+        exceptions.DryTorchWarning(
+            f'`{" ".join(command)}` failed ({problem}). The checkpoint is '
+            'saved, but SLURM will not restart the job by itself: requeue '
+            f'it with `scontrol requeue {job}`, or resubmit it; the run '
+            'resumes where it stopped.'
+        ),
+        stacklevel=2,
+    )
+    return False

@@ -110,10 +110,10 @@ class Task(abc.ABC):
             raise LaunchError(
                 f'submitit started this process as task {self.rank} of '
                 f'{self.world_size}, but drytorch detects rank {found.rank} '
-                f'of {found.world_size} through {found.name} ({read or "no '
-                'variables"}). A launcher variable inherited from the '
-                'submitting shell is probably in the way: submit from a '
-                'shell without RANK, WORLD_SIZE, OMPI_* or PMI_* set.'
+                f'of {found.world_size} through {found.name} '
+                f'({read or "no variables"}). A launcher variable inherited '
+                'from the submitting shell is probably in the way: submit '
+                'from a shell without RANK, WORLD_SIZE, OMPI_* or PMI_* set.'
             )
 
     def say(self, message: str) -> None:
@@ -206,19 +206,25 @@ class LocalTask(Task):
         import submitit
 
         env = submitit.JobEnvironment()
-        folder = pathlib.Path(env.paths.folder)
-        task = cls(
+        restarts_file = pathlib.Path(env.paths.folder) / (
+            f'{env.job_id}_restarts'
+        )
+        return cls(
             job_id=env.job_id,
             rank=env.global_rank,
             local_rank=env.local_rank,
             world_size=env.num_tasks,
             local_world_size=env.num_tasks,
+            attempt=1 + _read_count(restarts_file),
+            restarts_file=restarts_file,
         )
-        task.restarts_file = folder / f'{env.job_id}_restarts'
-        task.attempt = 1 + task._restarts()
-        return task
 
-    restarts_file: pathlib.Path | None = None
+    def __init__(
+        self, *args: object, restarts_file: pathlib.Path | None = None,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.restarts_file = restarts_file
 
     def requeue(self) -> int:
         """Count the restart, then exit for the controller to restart us.
@@ -232,12 +238,6 @@ class LocalTask(Task):
             self.restarts_file.write_text(f'{self.attempt}\n')
             self.say('restarting the tasks (local requeue).')
         return LOCAL_REQUEUE_EXIT_CODE
-
-    def _restarts(self) -> int:
-        if self.restarts_file is None or not self.restarts_file.exists():
-            return 0
-        text = self.restarts_file.read_text().strip()
-        return int(text) if text.isdecimal() else 0
 
     def _export(self) -> None:
         # A local job started inside a SLURM allocation is not a SLURM task:
@@ -266,6 +266,16 @@ class LocalTask(Task):
 class InProcessTask(Task):
     """The job run in this very process (``cluster='debug'``)."""
 
+    def prepare(self) -> None:
+        """Nothing: this process is whatever started it."""
+
     def requeue(self) -> None:
         """Nothing to requeue: the preemption reaches the caller."""
         return None
+
+
+def _read_count(path: pathlib.Path) -> int:
+    if not path.exists():
+        return 0
+    text = path.read_text().strip()
+    return int(text) if text.isdecimal() else 0

@@ -106,7 +106,9 @@ class Evaluation(Runner):
                 outcome = self.run_loop(plan, self._step)
         finally:
             module.train(was_training)
-        if outcome.preempted:
+        if outcome.preempted and not outcome.finished:
+            # stopped early: nothing to publish, the pass runs again on
+            # resume; a pass whose last step read the flag is complete
             return outcome
         self.metrics = outcome.metrics
         if self.store_outputs:
@@ -145,7 +147,7 @@ class Evaluation(Runner):
     def __call__(self) -> None:
         """Run the evaluation."""
         outcome = self.run()
-        if outcome.preempted:
+        if outcome.preempted and not outcome.finished:
             raise exceptions.PreemptedExit(
                 f'{self.name} was preempted; it will run again on resume.'
             )

@@ -58,66 +58,68 @@ def _schema() -> _Schema:
     import sqlalchemy as sa
 
     md = sa.MetaData()
-    name = functools.partial(sa.String, 255)
-    experiments = sa.Table(
-        'experiments',
+
+    def table(name: str, *items: sa.SchemaItem) -> sa.Table:
+        return sa.Table(
+            name, md, sa.Column('id', sa.Integer, primary_key=True), *items
+        )
+
+    def text(name: str, **kwargs: Any) -> sa.Column[str]:
+        return sa.Column(name, sa.String(255), nullable=False, **kwargs)
+
+    def parent(name: str, target: str) -> sa.Column[int]:
+        return sa.Column(name, sa.ForeignKey(target), nullable=False)
+
+    return _Schema(
         md,
-        sa.Column('id', sa.Integer, primary_key=True),
-        sa.Column('name', name(), nullable=False, unique=True),
-        sa.Column('created_at', sa.DateTime, nullable=False),
-    )
-    runs = sa.Table(
-        'runs',
-        md,
-        sa.Column('id', sa.Integer, primary_key=True),
-        sa.Column(
-            'experiment_id', sa.ForeignKey('experiments.id'), nullable=False
+        experiments=table(
+            'experiments',
+            text('name', unique=True),
+            sa.Column('created_at', sa.DateTime, nullable=False),
         ),
-        sa.Column('name', name(), nullable=False),
-        sa.Column('started_at', sa.DateTime, nullable=False),
-        sa.Column('stopped_at', sa.DateTime),
-        sa.Column('status', sa.String(16), nullable=False),
-        sa.Column('attempts', sa.Integer, nullable=False),
-        sa.Column('config', sa.Text),
-        sa.UniqueConstraint('experiment_id', 'name'),
+        runs=table(
+            'runs',
+            parent('experiment_id', 'experiments.id'),
+            text('name'),
+            sa.Column('started_at', sa.DateTime, nullable=False),
+            sa.Column('stopped_at', sa.DateTime),
+            sa.Column('status', sa.String(16), nullable=False),
+            sa.Column('attempts', sa.Integer, nullable=False),
+            sa.Column('config', sa.Text),
+            sa.UniqueConstraint('experiment_id', 'name'),
+        ),
+        tags=table(
+            'tags',
+            parent('run_id', 'runs.id'),
+            text('name'),
+            sa.UniqueConstraint('run_id', 'name'),
+        ),
+        sources=table(
+            'sources',
+            parent('run_id', 'runs.id'),
+            text('model_name'),
+            text('source_name'),
+            sa.UniqueConstraint('run_id', 'model_name', 'source_name'),
+        ),
+        values=table(
+            'metric_values',
+            parent('source_id', 'sources.id'),
+            sa.Column('epoch', sa.Integer, nullable=False),
+            text('name'),
+            sa.Column('value', sa.Float, nullable=False),
+            sa.Column('attempt', sa.Integer, nullable=False),
+            sa.Index('ix_metric_values_source_epoch', 'source_id', 'epoch'),
+        ),
     )
-    tags = sa.Table(
-        'tags',
-        md,
-        sa.Column('id', sa.Integer, primary_key=True),
-        sa.Column('run_id', sa.ForeignKey('runs.id'), nullable=False),
-        sa.Column('name', name(), nullable=False),
-        sa.UniqueConstraint('run_id', 'name'),
-    )
-    sources = sa.Table(
-        'sources',
-        md,
-        sa.Column('id', sa.Integer, primary_key=True),
-        sa.Column('run_id', sa.ForeignKey('runs.id'), nullable=False),
-        sa.Column('model_name', name(), nullable=False),
-        sa.Column('source_name', name(), nullable=False),
-        sa.UniqueConstraint('run_id', 'model_name', 'source_name'),
-    )
-    values = sa.Table(
-        'metric_values',
-        md,
-        sa.Column('id', sa.Integer, primary_key=True),
-        sa.Column('source_id', sa.ForeignKey('sources.id'), nullable=False),
-        sa.Column('epoch', sa.Integer, nullable=False),
-        sa.Column('name', name(), nullable=False),
-        sa.Column('value', sa.Float, nullable=False),
-        sa.Column('attempt', sa.Integer, nullable=False),
-        sa.Index('ix_metric_values_source_epoch', 'source_id', 'epoch'),
-    )
-    return _Schema(md, experiments, runs, tags, sources, values)
 
 
 class SQLConnection(Dumper, MetricLoader):
     """Stores runs, tags and metrics in a database.
 
     Without ``engine`` the database is the SQLite file ``metrics.db`` in
-    the folder (the run's folder by default); any SQLAlchemy engine or URL
-    works otherwise, e.g. ``postgresql+psycopg://user@host/db``.
+    the folder (the run's folder by default), written without fsync (see
+    :func:`_no_fsync`); any SQLAlchemy engine or URL works otherwise, e.g.
+    ``postgresql+psycopg://user@host/db``.
 
     A resumed run keeps its row.  The first value a model's source logs in
     an attempt, at epoch ``e``, first deletes that source's values from
@@ -143,7 +145,7 @@ class SQLConnection(Dumper, MetricLoader):
         super().__init__(par_dir)
         self._given = engine
         self._engine: sa.Engine | None = None
-        self._tables_on: set[int] = set()
+        self._tables_ready = False
         self._run_pk: int | None = None
         self._attempt = 1
         self._source_ids: dict[tuple[str, str], int] = {}
@@ -157,13 +159,16 @@ class SQLConnection(Dumper, MetricLoader):
             given = self._given
             if given is None:
                 self.par_dir.mkdir(parents=True, exist_ok=True)
-                given = f'sqlite:///{self.par_dir / "metrics.db"}'
-            if isinstance(given, str):
+                given = sa.create_engine(
+                    f'sqlite:///{self.par_dir / "metrics.db"}'
+                )
+                sa.event.listen(given, 'connect', _no_fsync)
+            elif isinstance(given, str):
                 given = sa.create_engine(given)
             self._engine = given
-        if id(self._engine) not in self._tables_on:
+        if not self._tables_ready:
             _schema().metadata.create_all(self._engine)
-            self._tables_on.add(id(self._engine))
+            self._tables_ready = True
         return self._engine
 
     @functools.singledispatchmethod
@@ -173,17 +178,35 @@ class SQLConnection(Dumper, MetricLoader):
 
     @notify.register
     def _(self, event: log_events.StartExperimentEvent) -> None:
+        import sqlalchemy as sa
+
         super().notify(event)
         self._attempt = event.attempt
         self._source_ids.clear()
+        s = _schema()
+        state = {
+            'started_at': event.run_ts,
+            'stopped_at': None,
+            'status': 'running',
+            'attempts': event.attempt,
+            'config': json.dumps(config_dict(event.config)),
+        }
         with self.engine.begin() as conn:
             exp_pk = _get_or_insert(
                 conn,
-                _schema().experiments,
+                s.experiments,
                 {'name': event.exp_name},
                 {'created_at': event.run_ts},
             )
-            self._run_pk = self._start_run(conn, exp_pk, event)
+            # a resumed run (same experiment name and run id) keeps its row
+            key = {'experiment_id': exp_pk, 'name': event.run_id}
+            run_pk = _get_or_insert(conn, s.runs, key, state)
+            conn.execute(
+                sa.update(s.runs).where(s.runs.c.id == run_pk).values(**state)
+            )
+            for tag in dict.fromkeys(event.tags):
+                _get_or_insert(conn, s.tags, {'run_id': run_pk, 'name': tag})
+        self._run_pk = run_pk
 
     @notify.register
     def _(self, event: log_events.MetricEvent) -> None:
@@ -247,8 +270,8 @@ class SQLConnection(Dumper, MetricLoader):
         """Close every pooled connection; the next run opens its own."""
         if self._engine is not None:
             self._engine.dispose()
-            self._tables_on.discard(id(self._engine))
         self._engine = None
+        self._tables_ready = False
         self._run_pk = None
         self._source_ids.clear()
         return super().clean_up()
@@ -283,36 +306,6 @@ class SQLConnection(Dumper, MetricLoader):
             rows = conn.execute(query).all()
         return _histories(rows)
 
-    def _start_run(
-        self,
-        conn: sa.Connection,
-        exp_pk: int,
-        event: log_events.StartExperimentEvent,
-    ) -> int:
-        import sqlalchemy as sa
-
-        s = _schema()
-        state = {
-            'started_at': event.run_ts,
-            'stopped_at': None,
-            'status': 'running',
-            'attempts': event.attempt,
-            'config': json.dumps(config_dict(event.config)),
-        }
-        run_pk = _get_or_insert(
-            conn,
-            s.runs,
-            {'experiment_id': exp_pk, 'name': event.run_id},
-            state,
-        )
-        if event.resumed:
-            conn.execute(
-                sa.update(s.runs).where(s.runs.c.id == run_pk).values(**state)
-            )
-        for tag in dict.fromkeys(event.tags):
-            _get_or_insert(conn, s.tags, {'run_id': run_pk, 'name': tag})
-        return run_pk
-
 
 def _get_or_insert(
     conn: sa.Connection,
@@ -346,6 +339,19 @@ def _get_or_insert(
         if found is None:
             raise
         return found
+
+
+def _no_fsync(dbapi_connection: Any, _: Any) -> None:
+    """No fsync per event: it costs milliseconds, more on shared disks.
+
+    A killed process (preemption, SIGKILL) still loses nothing, as the
+    data is in the OS already; only a crash of the machine can lose the
+    last events.  The journal keeps its default mode, which works on
+    network file systems (WAL does not).
+    """
+    cursor = dbapi_connection.cursor()
+    cursor.execute('PRAGMA synchronous=OFF')
+    cursor.close()
 
 
 def _histories(rows: list[Any]) -> MetricHistory:

@@ -123,6 +123,16 @@ class TensorBoard(Dumper):
         return super().notify(event)
 
     @notify.register
+    def _(self, event: log_events.EndEpochEvent) -> None:
+        self._flush()
+        return super().notify(event)
+
+    @notify.register
+    def _(self, event: log_events.EndTestEvent) -> None:
+        self._flush()
+        return super().notify(event)
+
+    @notify.register
     def _(self, event: log_events.StopExperimentEvent) -> None:
         if self._writer is None and self._text and not self.resumed:
             self._open(0)  # a run without metrics still shows its config
@@ -131,15 +141,28 @@ class TensorBoard(Dumper):
     @override
     def clean_up(self) -> None:
         """Flush and close the writer, stop the server."""
+        writer, self._writer = self._writer, None
+        log_dir, self._log_dir = self._log_dir, None
+        self._text = {}
         try:
-            if self._writer is not None:
-                self._writer.close()
+            if writer is not None:
+                writer.close()
+        except OSError:
+            # the folder was removed under the writer: already reported
+            if log_dir is None or log_dir.is_dir():
+                raise
         finally:
-            self._writer = None
-            self._log_dir = None
-            self._text = {}
             self._stop_server()
         return super().clean_up()
+
+    def _flush(self) -> None:
+        """Wait until the writer's thread has written the epoch.
+
+        A killed process then loses no finished epoch, and no write of the
+        epoch outlives it (into a folder removed meanwhile, say).
+        """
+        if self._writer is not None:
+            self._writer.flush()
 
     def _open(self, epoch: int) -> SummaryWriter:
         """The writer; created at the first epoch to know the purge step."""
@@ -150,8 +173,8 @@ class TensorBoard(Dumper):
             # open event files survive their folder's removal: without this
             # check the metrics would go to files nobody can read
             raise exceptions.TrackerError(
-                f'The TensorBoard log directory {log_dir} was removed; '
-                'metrics cannot be written there.'
+                f'The TensorBoard log directory {log_dir} was removed '
+                'during the run; keep it until the run stops'
             )
         if self._writer is not None:
             return self._writer

@@ -210,7 +210,6 @@ print(json.dumps({{
 
 CASES: dict[str, tuple[str | None, str]] = {
     'unset': (None, ''),
-    'minimal': ('minimal', ''),
     'hydra': ('hydra', ''),
     'none': ('none', ''),
     'invalid': ('loud', ''),
@@ -258,7 +257,6 @@ def probe_result(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     ('case', 'trackers', 'stream'),
     [
         ('unset', ['BuiltinLogger', 'TqdmLogger', 'YamlDumper'], 'stderr'),
-        ('minimal', ['BuiltinLogger'], None),
         ('hydra', ['BuiltinLogger', 'YamlDumper'], 'stdout'),
         ('none', [], None),
     ],

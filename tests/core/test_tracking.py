@@ -250,6 +250,24 @@ class TestFailingTrackers:
         assert exp.registry.get(run.id).status == 'failed'
 
 
+    def test_interrupt_while_starting_leaves_no_run_behind(self) -> None:
+        exp = make_experiment()
+        failing = FailingTracker(
+            on=log_events.StartExperimentEvent, error=KeyboardInterrupt()
+        )
+        exp.trackers.subscribe(failing)
+        run = exp.create_run()
+        with pytest.raises(KeyboardInterrupt):
+            run.start()
+        assert Experiment.current_run() is None
+        assert run.status == 'failed'
+        assert exp.registry.get(run.id).status == 'failed'
+        assert failing.clean_ups == 1
+        exp.trackers.remove('FailingTracker')
+        with exp.create_run() as second:  # the next run can start
+            assert second.is_active
+
+
 class TestCleanUp:
     def test_clean_up_at_stop(self) -> None:
         exp = make_experiment()

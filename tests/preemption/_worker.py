@@ -187,6 +187,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 'epoch': model.epoch,
             }
             torch.save(final, pathlib.Path(args.out) / 'final.pt')
+    print(f'FINISHED {time.time()!r}', flush=True)
     return 0
 
 

@@ -5,9 +5,10 @@ real signals; starting each from a fresh interpreter would spend most of
 the suite's time importing torch.  This parent imports everything once,
 while it is still single-threaded, then forks one child per attempt.  A
 child redirects its output to a log file, takes its environment, runs
-``_worker.main`` and leaves through the interpreter's ordinary exit
-(``SystemExit`` unwinds out of the serving loop), exactly as a script
-would; its exit status is the real one that ``waitpid`` reports.
+``_worker.main`` and leaves as a script would: a ``SystemExit`` sets its
+status as the interpreter would and the ``atexit`` functions run; only
+the teardown of the modules is skipped.  Its exit status is the real one
+that ``waitpid`` reports.
 
 Protocol, one JSON object per line on stdin, one reply per line on stdout:
 
@@ -22,12 +23,14 @@ closes.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import pathlib
 import sys
 import threading
-from typing import Any
+import traceback
+from typing import Any, NoReturn
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -60,8 +63,8 @@ def reply(message: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def child(request: dict[str, Any]) -> None:
-    """In the forked child: become the worker (raises SystemExit)."""
+def child(request: dict[str, Any]) -> NoReturn:
+    """In the forked child: become the worker, then leave with its status."""
     os.setsid()
     log = os.open(request['log'], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     devnull = os.open(os.devnull, os.O_RDONLY)
@@ -76,12 +79,26 @@ def child(request: dict[str, Any]) -> None:
     argv = [str(a) for a in request['argv']]
     sys.argv = [_worker.__file__, *argv]
     try:
-        code = _worker.main(argv)
-    finally:
-        from drytorch.distributed import teardown_distributed
+        try:
+            code: object = _worker.main(argv)
+        finally:
+            from drytorch.distributed import teardown_distributed
 
-        teardown_distributed()
-    raise SystemExit(code)
+            teardown_distributed()
+    except SystemExit as leaving:
+        code = leaving.code
+    except BaseException:  # noqa: BLE001 - reported as the interpreter would
+        traceback.print_exc()
+        code = 1
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # skip tearing down the modules: in a forked child that touches every
+    # page inherited from the parent, seconds under load
+    os._exit((code or 0) & 0xFF)
 
 
 def serve() -> None:

@@ -1,0 +1,91 @@
+"""A rank that dies or freezes mid-training fails the others, never hangs.
+
+- SIGKILL: the victim's sockets close; the others' next collective (DDP's
+  gradient all-reduce or the packed metric reduction) fails at once.
+- SIGSTOP: the victim hangs with its sockets open, as a rank stuck in a
+  deadlock or on a dead node would; only the collective timeout
+  (``DRYTORCH_DIST_TIMEOUT``, the process group's timeout) frees the
+  others, and it must.
+
+The launch has its own deadline far above the timeout, and the processes
+are not killed early when one fails (``fail_fast=False`` for SIGKILL), so
+a hang would show as a timed-out survivor.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from tests.distributed_training import _training_worker as worker
+from tests.helpers.multiprocess import LaunchResult, run_distributed
+
+DIST_TIMEOUT = 5  # seconds; the process group's timeout in these tests
+KILL_AT_STEP = 12
+
+
+def launch_victim(
+    tmp_path: pathlib.Path,
+    world_size: int,
+    victim: int,
+    how: str,
+    fail_fast: bool,
+) -> LaunchResult:
+    return run_distributed(
+        world_size,
+        func=worker.train_until_killed,
+        args=(str(tmp_path / 'experiments'), victim, KILL_AT_STEP, how),
+        env={
+            'DRYTORCH_INIT_MODE': 'none',
+            'DRYTORCH_DIST_TIMEOUT': str(DIST_TIMEOUT),
+        },
+        cwd=tmp_path,
+        timeout=90,
+        fail_fast=fail_fast,
+    )
+
+
+def check_survivors(
+    launched: LaunchResult, victim: int, within: float
+) -> None:
+    """Every other rank exited with an error ``within`` s of the signal."""
+    victim_reports = worker.reports(launched[victim].stdout)
+    signalled = [r for r in victim_reports if r['event'] == 'killing']
+    assert signalled, launched.describe()
+    signalled_at = signalled[0]['at']
+    for process in launched:
+        if process.index == victim:
+            continue
+        assert not process.timed_out, launched.describe()
+        assert process.returncode not in (0, None), launched.describe()
+        failed = [
+            r for r in worker.reports(process.stdout) if r['event'] == 'failed'
+        ]
+        assert failed, launched.describe()
+        assert failed[0]['error'].startswith('RuntimeError')
+        assert failed[0]['at'] - signalled_at < within, failed[0]
+        assert 'Traceback' in process.stderr
+
+
+@pytest.mark.parametrize(('world_size', 'victim'), [(2, 1), (3, 1)])
+def test_a_killed_rank_fails_the_others(
+    tmp_path: pathlib.Path, world_size: int, victim: int
+) -> None:
+    launched = launch_victim(
+        tmp_path, world_size, victim, 'SIGKILL', fail_fast=False
+    )
+    assert launched[victim].returncode == -9, launched.describe()
+    # A closed socket is noticed at once, well before the timeout.
+    check_survivors(launched, victim, within=DIST_TIMEOUT)
+
+
+def test_a_frozen_rank_fails_the_others_at_the_timeout(
+    tmp_path: pathlib.Path,
+) -> None:
+    # fail_fast: once a survivor has failed, the frozen victim is killed.
+    launched = launch_victim(tmp_path, 3, 2, 'SIGSTOP', fail_fast=True)
+    check_survivors(launched, 2, within=DIST_TIMEOUT + 10)
+    for process in launched:
+        if process.index != 2:
+            assert 'Timed out' in process.stdout, process.describe()
