@@ -19,6 +19,7 @@ import torch.distributed as dist
 _T = TypeVar('_T')
 
 __all__ = [
+    'FORCE_GROUP_VARIABLE',
     'barrier',
     'broadcast_object',
     'ensure_process_group',
@@ -29,13 +30,25 @@ __all__ = [
     'is_rank_zero',
 ]
 
+FORCE_GROUP_VARIABLE = 'DRYTORCH_FORCE_PROCESS_GROUP'
+"""Set to 1 to run the distributed code paths in a single process.
+
+A process group of one is then started when a run starts, and counts as
+distributed: the model is wrapped in DDP and metrics go through the packed
+all-reduce, on NCCL where there is a GPU.  This checks a one-GPU machine
+(``benchmarks/gpu_check.sh``); it is never needed to train.
+"""
+
 
 def is_distributed() -> bool:
-    """Whether a process group with more than one process is up."""
+    """Whether a process group with more than one process is up.
+
+    A group of one counts too when ``DRYTORCH_FORCE_PROCESS_GROUP=1``.
+    """
     return (
         dist.is_available()
         and dist.is_initialized()
-        and dist.get_world_size() > 1
+        and (dist.get_world_size() > 1 or _forced())
     )
 
 
@@ -115,13 +128,43 @@ def ensure_process_group() -> None:
 
     Called when a run starts, so that a script written for one process runs
     unchanged under torchrun, srun or mpirun.  A no-op when a group is up or
-    when the launcher started a single process.
+    when the launcher started a single process, unless
+    ``DRYTORCH_FORCE_PROCESS_GROUP=1`` asks for a group of one.
     """
     if dist.is_available() and dist.is_initialized():
         return
     from drytorch.distributed.environment import detect_environment
+    from drytorch.distributed.process_group import init_distributed
 
     if detect_environment().world_size > 1:
-        from drytorch.distributed.process_group import init_distributed
-
         init_distributed()
+    elif _forced():
+        _start_group_of_one()
+        init_distributed()  # adopts it, like a group started by the user
+
+
+def _forced() -> bool:
+    return os.environ.get(FORCE_GROUP_VARIABLE) == '1'
+
+
+def _start_group_of_one() -> None:
+    """This process alone in a group, on the backend it would get in many.
+
+    An in-process store needs no address or port.
+    """
+    import torch
+
+    from drytorch.distributed.process_group import default_backend
+
+    backend = default_backend(1)
+    device_id = None
+    if backend == 'nccl':
+        device_id = torch.device('cuda', get_local_rank())
+        torch.cuda.set_device(device_id)
+    dist.init_process_group(
+        backend,
+        store=dist.HashStore(),
+        rank=0,
+        world_size=1,
+        device_id=device_id,
+    )

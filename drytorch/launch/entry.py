@@ -37,7 +37,7 @@ from typing import Any
 from drytorch.core.exceptions import REQUEUE_EXIT_CODE
 from drytorch.distributed import init_distributed, ranks, teardown_distributed
 from drytorch.launch.errors import InvalidLaunchError, LaunchError
-from drytorch.launch.tasks import InProcessTask, Task
+from drytorch.launch.tasks import DebugTask, Task
 
 __all__ = ['DistributedJob', 'ScriptJob']
 
@@ -58,8 +58,9 @@ class ScriptJob:
         if not path.is_file():
             raise InvalidLaunchError(
                 f'script {str(script)!r} not found (looked for {path}). '
-                'Give the path of a Python file, or use '
-                "ScriptJob.module('package.module') for `python -m`."
+                'Give the path of a Python file, or run a module as '
+                "`python -m` would: ScriptJob.module('package.module') "
+                '(drytorch-launch -m package.module).'
             )
         self.target = str(path)
         self.is_module = False
@@ -205,7 +206,7 @@ class DistributedJob:
     @staticmethod
     def _requeue(task: Task) -> int | None:
         """All ranks meet, then the task requeues the job (rank zero)."""
-        if isinstance(task, InProcessTask):
+        if isinstance(task, DebugTask):
             return task.requeue()
         # A second signal must not reach submitit's handler (back in place
         # now that the run has stopped) and requeue the job twice.

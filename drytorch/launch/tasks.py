@@ -28,7 +28,7 @@ from drytorch.distributed import detect_environment
 from drytorch.distributed.slurm import PORT_BASE, PORT_SPAN
 from drytorch.launch.errors import LaunchError
 
-__all__ = ['InProcessTask', 'LocalTask', 'SlurmTask', 'Task']
+__all__ = ['DebugTask', 'LocalTask', 'SlurmTask', 'Task']
 
 # torchrun's variables: what a launcher exports for env:// rendezvous.
 TORCHRUN_VARIABLES = (
@@ -91,7 +91,7 @@ class Task(abc.ABC):
             return SlurmTask.from_submitit()
         if executor == LocalTask.name:
             return LocalTask.from_submitit()
-        return InProcessTask('in-process')
+        return DebugTask('in-process')
 
     def prepare(self) -> None:
         """Make the task visible to drytorch's environment detection.
@@ -263,7 +263,7 @@ class LocalTask(Task):
         )
 
 
-class InProcessTask(Task):
+class DebugTask(Task):
     """The job run in this very process (``cluster='debug'``)."""
 
     def prepare(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -72,14 +71,15 @@ class Model:
         """The reduced precision used under ``mixed_precision``."""
         return torch.float16 if self.device.type == 'cuda' else torch.bfloat16
 
-    @contextlib.contextmanager
-    def autocast(self) -> Iterator[None]:
-        """Autocast when mixed precision is on; nothing otherwise."""
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Autocast when mixed precision is on; nothing otherwise.
+
+        A plain context object rather than a generator: it is entered at
+        every step, and a null context costs almost nothing.
+        """
         if not self.mixed_precision:
-            yield
-            return
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype):
-            yield
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def training_module(self) -> torch.nn.Module:
         """The module to train: wrapped in DDP when a group is up."""

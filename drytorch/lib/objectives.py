@@ -262,13 +262,24 @@ def _per_sample(error: torch.Tensor) -> torch.Tensor:
     return error.flatten(1).mean(1) if error.ndim > 1 else error
 
 
+def _check_same_shape(outputs: torch.Tensor, targets: torch.Tensor) -> None:
+    """Refuse the silent broadcast of, e.g., (batch, 1) against (batch,)."""
+    if outputs.shape != targets.shape:
+        raise ValueError(
+            f'outputs {tuple(outputs.shape)} and targets '
+            f'{tuple(targets.shape)} must have the same shape'
+        )
+
+
 def mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Squared error, one value per sample."""
+    _check_same_shape(outputs, targets)
     return _per_sample((outputs - targets).square())
 
 
 def mae(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Absolute error, one value per sample."""
+    _check_same_shape(outputs, targets)
     return _per_sample((outputs - targets).abs())
 
 
@@ -281,15 +292,38 @@ def cross_entropy(
     )
 
 
+# The built-ins named by a string return the batch mean through PyTorch's
+# fused reduction (as nn.MSELoss, nn.L1Loss and nn.CrossEntropyLoss do by
+# default).  The accumulator weighs a batch mean by the batch size, so the
+# epoch means are those of the per-sample functions above, while a step
+# skips the separate mean and its backward node.  One difference: targets
+# equal to -100 are left out of the cross entropy's mean, as in
+# nn.CrossEntropyLoss.
+def _batch_mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    _check_same_shape(outputs, targets)
+    return torch.nn.functional.mse_loss(outputs, targets)
+
+
+def _batch_mae(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    _check_same_shape(outputs, targets)
+    return torch.nn.functional.l1_loss(outputs, targets)
+
+
+def _batch_cross_entropy(
+    outputs: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(outputs, targets)
+
+
 def accuracy(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """1 for a sample whose largest logit is its class, else 0."""
     return (outputs.argmax(dim=-1) == targets).to(outputs.dtype)
 
 
 BUILTIN: dict[str, Fn] = {
-    'MSE': mse,
-    'MAE': mae,
-    'CrossEntropy': cross_entropy,
+    'MSE': _batch_mse,
+    'MAE': _batch_mae,
+    'CrossEntropy': _batch_cross_entropy,
     'Accuracy': accuracy,
 }
 
@@ -365,17 +399,21 @@ class MetricAccumulator:
         self._window = torch.zeros(
             capacity, len(self.names), dtype=torch.float64, device=device
         )
+        # Views of the window's rows, made once: indexing the window at
+        # every step would create a new view per step.
+        self._rows = self._window.unbind(0)
         self._sizes: list[int] = []
+        self._first_bad: int | None = None
 
     def add(self, values: Mapping[str, torch.Tensor], n: int) -> None:
         """Add a batch of ``n`` samples whose means are ``values``."""
-        row = self._window[len(self._sizes)]
+        row = self._rows[len(self._sizes)]
         if len(self.names) == 1:
             row.copy_(values[self.names[0]].detach())
         else:
             row.copy_(torch.stack([values[k].detach() for k in self.names]))
         self._sizes.append(n)
-        if len(self._sizes) == self._window.shape[0]:
+        if len(self._sizes) == len(self._rows):
             self.fold()
 
     def add_empty(self) -> None:
@@ -386,27 +424,31 @@ class MetricAccumulator:
         """Move the window into the sums; return the first non-finite step.
 
         The returned index counts steps since the start of the epoch, for
-        the error message; None when every value was finite.
+        the error message; None when every value was finite.  It is kept
+        until :meth:`reset`, so that a non-finite value found when a full
+        window is folded inside :meth:`add` is still reported at the next
+        sync point.
         """
         k = len(self._sizes)
-        first_bad = None
         if k:
             window = self._window[:k]
             weights = torch.tensor(
                 self._sizes, dtype=torch.float64, device=self.device
             )
             finite = torch.isfinite(window).all(dim=1)
-            if not bool(finite.all()):
-                first_bad = self.steps_folded + int((~finite).nonzero()[0, 0])
+            if self._first_bad is None and not bool(finite.all()):
+                bad = int((~finite).nonzero()[0, 0])
+                self._first_bad = self.steps_folded + bad
             self.sums.add_((window * weights[:, None]).sum(dim=0))
             self.count += sum(self._sizes)
             self.steps_folded += k
             self._sizes.clear()
-        return first_bad
+        return self._first_bad
 
     def reset(self) -> None:
         """Start a new epoch."""
         self._sizes.clear()
+        self._first_bad = None
         self.sums.zero_()
         self.count = 0
         self.steps_folded = 0
@@ -429,5 +471,6 @@ class MetricAccumulator:
                 'as the run that wrote it.'
             )
         self._sizes.clear()
+        self._first_bad = None
         self.sums.copy_(torch.tensor(state['sums'], dtype=torch.float64))
         self.count = int(state['count'])

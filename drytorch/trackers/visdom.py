@@ -98,34 +98,62 @@ class VisdomPlotter(BasePlotter[str]):
         series: Mapping[str, Series],
         previous: str | None,
     ) -> str:
-        import numpy as np
-
         win = previous or f'{model_name}-{metric_name}'
         drawn = self._drawn.setdefault(win, {}) if previous else {}
         self._drawn[win] = drawn
+        opts = self._options(model_name, metric_name)
+        appends: dict[str, Series] = {}
         for source, (epochs, values) in series.items():
             done = drawn.get(source)
-            new = len(done) if done else 0
-            appending = bool(done) and epochs[: len(done)] == done
-            if appending and new == len(epochs):
-                continue
-            if not appending:
-                new = 0
-            x, y = np.asarray(epochs[new:]), np.asarray(values[new:], float)
-            update = None if not drawn else 'append' if new else 'replace'
-            if update == 'replace' and source not in drawn:
-                update = 'append'  # a new trace in an existing window
-            self.viz.line(
-                Y=y,
-                X=x,
-                win=win,
-                env=self.env,
-                name=source,
-                update=update,
-                opts=self._options(model_name, metric_name),
-            )
+            if done and epochs[: len(done)] == done:
+                if len(epochs) > len(done):
+                    appends[source] = (
+                        epochs[len(done) :],
+                        values[len(done) :],
+                    )
+            else:
+                # a new window, a new trace, or a curve that changed
+                update = None if not drawn else 'replace'
+                if update and source not in drawn:
+                    update = 'append'
+                self._line(win, [source], epochs, [values], update, opts)
             drawn[source] = list(epochs)
+        if not appends:
+            return win
+        new_epochs = [epochs for epochs, _ in appends.values()]
+        if list(appends) == list(drawn) and all(
+            epochs == new_epochs[0] for epochs in new_epochs
+        ):
+            # every trace grows by the same epochs: one request for all
+            values = [values for _, values in appends.values()]
+            self._line(win, [], new_epochs[0], values, 'append', opts)
+        else:
+            for source, (epochs, values) in appends.items():
+                self._line(win, [source], epochs, [values], 'append', opts)
         return win
+
+    def _line(
+        self,
+        win: str,
+        names: list[str],
+        epochs: list[int],
+        values: list[list[float]],
+        update: str | None,
+        opts: dict[str, object],
+    ) -> None:
+        """Send one trace (named) or all the window's traces (unnamed)."""
+        import numpy as np
+
+        y = np.asarray(values, dtype=float).T
+        self.viz.line(
+            Y=y[:, 0] if names else y,
+            X=np.asarray(epochs),
+            win=win,
+            env=self.env,
+            name=names[0] if names else None,
+            update=update,
+            opts=dict(opts),
+        )
 
     @override
     def clean_up(self) -> None:

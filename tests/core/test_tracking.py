@@ -249,7 +249,6 @@ class TestFailingTrackers:
         assert run.status == 'failed'
         assert exp.registry.get(run.id).status == 'failed'
 
-
     def test_interrupt_while_starting_leaves_no_run_behind(self) -> None:
         exp = make_experiment()
         failing = FailingTracker(

@@ -47,8 +47,8 @@ def test_ranks_other_than_zero_write_nothing(
     for rank in ranks[1:]:
         assert rank['writes'] == [], f'rank {rank["rank"]} wrote'
     written = {path for _, path in ranks[0]['writes']}
-    assert any(path.endswith('Trainer.csv') for path in written)
-    assert any(path.endswith('attempts.yaml') for path in written)
+    assert any('Trainer.csv' in path for path in written)
+    assert any('attempts.yaml' in path for path in written)
 
 
 @pytest.mark.parametrize('world_size', [2, 3])

@@ -241,6 +241,7 @@ def run_distributed(
     cwd: str | os.PathLike[str] | None = None,
     timeout: float = 60.0,
     fail_fast: bool = True,
+    grace: float = 5.0,
     nproc_per_node: int | None = None,
     run_id: str = 'none',
     restart_count: int = 0,
@@ -259,8 +260,9 @@ def run_distributed(
         cwd: the working directory of every process.
         timeout: seconds from the start after which every process still
             running is killed (and reported as timed out).
-        fail_fast: once a process fails, kill the others after a short
-            grace period instead of letting them hang in a collective.
+        fail_fast: once a process fails, kill the others after ``grace``
+            seconds instead of letting them hang in a collective.
+        grace: seconds left to the others once a process failed.
         nproc_per_node: ranks per simulated node (all on this machine).
         run_id: ``TORCHELASTIC_RUN_ID`` ('none', torchrun's default, means
             no rendezvous id).
@@ -294,6 +296,7 @@ def run_distributed(
         cwd=cwd,
         timeout=timeout,
         fail_fast=fail_fast,
+        grace=grace,
     )
 
 
@@ -308,6 +311,7 @@ def run_parallel(
     cwd: str | os.PathLike[str] | None = None,
     timeout: float = 60.0,
     fail_fast: bool = False,
+    grace: float = 5.0,
 ) -> LaunchResult:
     """Run ``script`` or ``func`` in ``count`` independent processes.
 
@@ -331,6 +335,7 @@ def run_parallel(
         cwd=cwd,
         timeout=timeout,
         fail_fast=fail_fast,
+        grace=grace,
     )
 
 
@@ -344,6 +349,7 @@ def _launch(
     cwd: str | os.PathLike[str] | None,
     timeout: float,
     fail_fast: bool,
+    grace: float,
 ) -> LaunchResult:
     if (script is None) == (func is None):
         raise ValueError('pass exactly one of script= and func=')
@@ -372,7 +378,7 @@ def _launch(
                 for index in range(len(envs))
             ]
         processes = _start_all(commands, envs, cwd, work)
-        codes, timed_out = _wait_all(processes, timeout, fail_fast)
+        codes, timed_out = _wait_all(processes, timeout, fail_fast, grace)
         results = []
         for index, _ in enumerate(processes):
             value = None
@@ -439,7 +445,7 @@ def _wait_all(
     processes: list[subprocess.Popen[bytes]],
     timeout: float,
     fail_fast: bool,
-    grace: float = 5.0,
+    grace: float,
 ) -> tuple[list[int], list[bool]]:
     deadline = time.monotonic() + timeout
     timed_out = [False] * len(processes)

@@ -33,7 +33,10 @@ def train_demo(
 
     if pause_after is not None and markers is not None:
         hooks.SaveEveryEpochs = functools.partial(  # type: ignore[misc]
-            _PausingSave, pause_after=pause_after, markers=markers
+            _PausingSave,
+            base=hooks.SaveEveryEpochs,
+            pause_after=pause_after,
+            markers=markers,
         )
     return train_digits(DemoConfig(epochs=epochs), par_dir)
 
@@ -59,17 +62,13 @@ def where() -> dict[str, Any]:
     }
 
 
-def _pausing_save_base() -> type:
-    from drytorch.lib.hooks import SaveEveryEpochs
-
-    return SaveEveryEpochs
-
-
 class _PausingSave:
     """SaveEveryEpochs that waits for a signal after one epoch."""
 
-    def __init__(self, interval: int, pause_after: int, markers: str) -> None:
-        self._save = _pausing_save_base()(interval)
+    def __init__(
+        self, interval: int, base: type, pause_after: int, markers: str
+    ) -> None:
+        self._save = base(interval)
         self.pause_after = pause_after
         self.markers = pathlib.Path(markers)
 

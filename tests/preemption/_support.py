@@ -106,7 +106,7 @@ class Zygote:
         if self.process.stdin is not None:
             self.process.stdin.close()
         try:
-            self.process.wait(timeout=30)
+            self.process.wait(timeout=1)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
@@ -133,14 +133,14 @@ class Trial:
     """The attempts of one run in one folder.
 
     Attributes:
-        zygote: what forks the attempts.
+        zygote: what forks the attempts; None to read results only.
         root: the experiments' parent folder; also where ``final.pt`` goes.
         world_size: processes per attempt (gloo when more than one).
         options: worker options common to every attempt.
 
     """
 
-    zygote: Zygote
+    zygote: Zygote | None
     root: pathlib.Path
     world_size: int = 1
     options: Sequence[str] = ()
@@ -169,8 +169,24 @@ class Trial:
                 )
         return '\n'.join(parts)
 
-    def start(self, *options: str, world_size: int | None = None) -> list[int]:
-        """Start the next attempt; the pid of each rank."""
+    def start(
+        self,
+        *options: str,
+        world_size: int | None = None,
+        resume: bool | None = None,
+        env: dict[str, str] | None = None,
+    ) -> list[int]:
+        """Start the next attempt; the pid of each rank.
+
+        Args:
+            options: worker options for this attempt only.
+            world_size: processes of this attempt, if not the trial's.
+            resume: pass ``--resume``; by default from the second attempt.
+            env: variables added to every rank's environment.
+
+        """
+        if self.zygote is None:
+            raise RuntimeError('this trial only reads what attempts left')
         self.attempts += 1
         self.root.mkdir(parents=True, exist_ok=True)
         world = world_size or self.world_size
@@ -182,27 +198,26 @@ class Trial:
             *self.options,
             *options,
         ]
-        if self.attempts > 1:
+        if self.attempts > 1 if resume is None else resume:
             argv.append('--resume')
         port = free_port()
         pids = []
         for rank in range(world):
-            env: dict[str, str] = {}
+            variables = dict(env or {})
             if world > 1:
-                env = torchrun_environ(rank, world, port)
-                env['DRYTORCH_DIST_TIMEOUT'] = '60'
+                variables.update(torchrun_environ(rank, world, port))
+                variables['DRYTORCH_DIST_TIMEOUT'] = '60'
             log = self.root / f'attempt{self.attempts}-rank{rank}.log'
-            pids.append(self.zygote.start(argv, log, env))
+            pids.append(self.zygote.start(argv, log, variables))
         return pids
 
     def wait(self, pids: Sequence[int], timeout: float = 90.0) -> list[int]:
+        assert self.zygote is not None
         return [self.zygote.wait(pid, timeout) for pid in pids]
 
-    def attempt(
-        self, *options: str, world_size: int | None = None
-    ) -> list[int]:
+    def attempt(self, *options: str, **kwargs: Any) -> list[int]:
         """Run the next attempt to its end; each rank's exit status."""
-        return self.wait(self.start(*options, world_size=world_size))
+        return self.wait(self.start(*options, **kwargs))
 
     # ------------------------------------------------------------ results
     def registry(self) -> dict[str, Any]:
@@ -214,8 +229,13 @@ class Trial:
         return torch.load(self.root / 'final.pt', weights_only=False)
 
     def checkpoints(self) -> list[str]:
+        """The checkpoint folder's files, temporary (hidden) ones aside."""
         folder = self.checkpoint_dir
-        return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+        if not folder.exists():
+            return []
+        return sorted(
+            p.name for p in folder.iterdir() if not p.name.startswith('.')
+        )
 
 
 # ---------------------------------------------------------------- weights
@@ -295,7 +315,7 @@ def tensorboard_records(run_dir: pathlib.Path) -> Records:
 
 
 def wandb_files(run_dir: pathlib.Path) -> list[pathlib.Path]:
-    return sorted((run_dir / 'wandb').glob('*run-*/run-*.wandb'))
+    return sorted((run_dir / 'wandb').glob('offline-run-*/run-*.wandb'))
 
 
 def wandb_records(run_dir: pathlib.Path) -> Records:
@@ -386,3 +406,46 @@ def assert_records_once(
     }
     assert not differ, f'{kind}: values differ (got, expected): {differ}'
     assert {epoch for _, epoch in expected} == set(range(1, epochs + 1))
+
+
+def assert_same_as(
+    trial: Trial, reference: Trial, trackers: Sequence[str]
+) -> None:
+    """Final weights and every tracker's records equal the reference's."""
+    assert_bitwise_equal(trial.final(), reference.final())
+    for kind in trackers:
+        if kind in READERS:
+            read = READERS[kind]
+            assert_records_once(
+                kind, read(trial.run_dir), read(reference.run_dir)
+            )
+
+
+def attempts_yaml(run_dir: pathlib.Path) -> list[dict[str, Any]]:
+    """What the YAML dumper recorded of each attempt."""
+    import yaml
+
+    return yaml.safe_load((run_dir / 'metadata' / 'attempts.yaml').read_text())
+
+
+def wandb_endings(run_dir: pathlib.Path) -> list[tuple[bool, int | None]]:
+    """Per offline W&B file: marked as preempting?  Its exit code."""
+    endings = []
+    for path in wandb_files(run_dir):
+        preempting = False
+        code = None
+        for record in _wandb_log(path):
+            kind = record.WhichOneof('record_type')
+            if kind == 'preempting':
+                preempting = True
+            elif kind == 'exit':
+                code = record.exit.exit_code
+        endings.append((preempting, code))
+    return endings
+
+
+def checkpoint_name(epoch: int, batch: int = 0) -> str:
+    """The file name of the checkpoint at a position (see checkpoints)."""
+    from drytorch.lib.checkpoints import file_name
+
+    return file_name(epoch, batch)

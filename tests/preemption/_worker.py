@@ -48,13 +48,20 @@ STORM = (signal.SIGUSR2, signal.SIGUSR1, signal.SIGTERM)
 
 
 class Cue(nn.Module):
-    """Identity layer that signals its own process at a chosen pass."""
+    """Identity layer that signals its own process at a chosen pass.
 
-    def __init__(self, at: int, phase: str, signum: int) -> None:
+    It also sleeps ``pause`` seconds in each training pass, to give a test
+    that kills the process at a random moment a longer run to hit.
+    """
+
+    def __init__(
+        self, at: int, phase: str, signum: int, pause: float = 0.0
+    ) -> None:
         super().__init__()
         self.at = at
         self.phase = phase
         self.signum = signum
+        self.pause = pause
         self.passes = {'train': 0, 'validate': 0}
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -62,6 +69,8 @@ class Cue(nn.Module):
         self.passes[phase] += 1
         if phase == self.phase and self.passes[phase] == self.at:
             os.kill(os.getpid(), self.signum)
+        if self.pause and self.training:
+            time.sleep(self.pause)
         return inputs
 
 
@@ -88,13 +97,27 @@ def network(cue: nn.Module) -> nn.Module:
     )
 
 
+class _CheckpointTorch:
+    """``torch`` as the checkpoint module sees it, but with another save."""
+
+    def __init__(self, save: Any) -> None:
+        self.save = save
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+
 def slow_or_stormy_save(pause: float, storm: int) -> None:
-    """Make checkpoint writes slow, or hit by signals, in this process."""
-    real_save = torch.save
+    """Make checkpoint writes slow, or hit by signals, in this process.
+
+    Only the checkpoint module's ``torch.save`` changes: the file is
+    serialised in memory, then written in chunks with a pause and a signal
+    between them.
+    """
 
     def save(state: Any, stream: Any, *args: Any, **kwargs: Any) -> None:
         buffer = io.BytesIO()
-        real_save(state, buffer, *args, **kwargs)
+        torch.save(state, buffer, *args, **kwargs)
         payload = buffer.getvalue()
         pieces = max(storm, 8)
         size = -(-len(payload) // pieces)
@@ -106,7 +129,7 @@ def slow_or_stormy_save(pause: float, storm: int) -> None:
             if pause:
                 time.sleep(pause)
 
-    checkpoints.torch.save = save  # type: ignore[attr-defined]
+    checkpoints.torch = _CheckpointTorch(save)  # type: ignore[assignment]
 
 
 def trackers(names: Sequence[str]) -> list[drytorch.Tracker]:
@@ -137,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--resume', action='store_true')
     parser.add_argument('--epochs', type=int, default=3)
     parser.add_argument('--batch-size', type=int, default=16)
+    parser.add_argument('--val-batch-size', type=int, default=16)
+    parser.add_argument('--step-sleep', type=float, default=0.0)
     parser.add_argument('--sync-every', type=int, default=None)
     parser.add_argument('--signal-at', type=int, default=0)
     parser.add_argument('--signal-phase', default='train')
@@ -161,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with experiment.create_run(run_id=args.run_id, resume=args.resume):
         print(f'STARTED {time.time()!r}', flush=True)
         model = drytorch.Model(
-            network(Cue(at, args.signal_phase, signum)), name='net'
+            network(Cue(at, args.signal_phase, signum, args.step_sleep)),
+            name='net',
         )
         loss = drytorch.Loss(objectives.cross_entropy, 'CE')
         trainer = drytorch.Trainer(
@@ -171,7 +197,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             learning_schema=drytorch.LearningSchema.Adam(lr=0.05),
             sync_every=args.sync_every,
         )
-        trainer.add_validation(drytorch.DataLoader(val_set, 16))
+        trainer.add_validation(
+            drytorch.DataLoader(val_set, args.val_batch_size)
+        )
         trainer.post_epoch_hooks.append(
             hooks.ReduceLROnPlateau(patience=1, factor=0.5)
         )

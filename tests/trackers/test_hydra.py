@@ -7,12 +7,14 @@ import pathlib
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 
 import pytest
 
 pytest.importorskip('hydra', reason='hydra-core is not installed')
 
 from drytorch.trackers.hydra import HydraLink, HydraNotRunningError
+from tests.trackers._support import make_experiment, run_epochs
 
 _REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -106,3 +108,50 @@ def test_link_kept_without_copy(job: pathlib.Path) -> None:
 def test_outside_a_hydra_job_fails_at_construction() -> None:
     with pytest.raises(HydraNotRunningError, match=r'@hydra\.main'):
         HydraLink()
+
+
+@pytest.fixture
+def hydra_output(tmp_path: pathlib.Path) -> Iterator[pathlib.Path]:
+    """Hydra's state as a job sets it, without running one."""
+    from hydra.conf import HydraConf
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    output = tmp_path / 'outputs'
+    (output / '.hydra').mkdir(parents=True)
+    (output / '.hydra' / 'config.yaml').write_text('lr: 0.1\n')
+    config = OmegaConf.create({'hydra': OmegaConf.structured(HydraConf)})
+    config.hydra.runtime.output_dir = str(output)
+    HydraConfig.instance().set_config(config)
+    try:
+        yield output
+    finally:
+        HydraConfig.instance().cfg = None
+
+
+def test_each_attempt_keeps_its_own_copy(
+    tmp_path: pathlib.Path, hydra_output: pathlib.Path
+) -> None:
+    exp = make_experiment(tmp_path / 'exp', HydraLink())
+    run_epochs(exp, [1], preempt=True)
+    (hydra_output / 'second.log').write_text('attempt 2')
+    run_epochs(exp, [2], resume=True, attempt=2)
+    run_dir = tmp_path / 'exp' / 't' / 'runs' / 'r'
+    first, second = run_dir / 'hydra', run_dir / 'hydra_attempt2'
+    for copy in (first, second):
+        assert copy.is_dir()
+        assert not copy.is_symlink()
+        assert (copy / '.hydra' / 'config.yaml').read_text() == 'lr: 0.1\n'
+    assert not (first / 'second.log').exists()
+    assert (second / 'second.log').is_file()
+
+
+def test_failed_run_is_copied_too(
+    tmp_path: pathlib.Path, hydra_output: pathlib.Path
+) -> None:
+    exp = make_experiment(tmp_path / 'exp', HydraLink())
+    with pytest.raises(RuntimeError), exp.create_run('r'):
+        raise RuntimeError('crash')
+    copy = tmp_path / 'exp' / 't' / 'runs' / 'r' / 'hydra'
+    assert copy.is_dir()
+    assert not copy.is_symlink()
