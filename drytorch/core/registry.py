@@ -104,14 +104,16 @@ class RunRegistry:
         return {r.run_id: r for r in records}
 
     def records(self) -> list[RunRecord]:
-        """Every run, oldest first."""
-        with self._lock:
-            return list(self._read().values())
+        """Every run, oldest first.
+
+        Reads need no lock: writers replace the file atomically, so a
+        reader sees either the old registry or the new one.
+        """
+        return list(self._read().values())
 
     def get(self, run_id: str) -> RunRecord | None:
         """The record of ``run_id``, if any."""
-        with self._lock:
-            return self._read().get(run_id)
+        return self._read().get(run_id)
 
     def last(self) -> RunRecord | None:
         """The most recently created run, if any."""
