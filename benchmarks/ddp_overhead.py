@@ -13,6 +13,9 @@ round, one training epoch of each variant:
 - ``hand``: a plain DDP loop doing the same work: the same shards of the
   same permutation, the same loss and its components accumulated on the
   device, one all-reduce of the epoch's sums at the end;
+- ``hand_control``: the hand loop again, a second copy: its ratio to
+  ``hand`` shows how far two identical loops differ on this machine, the
+  noise against which the Trainer's ratio is read;
 - ``per_metric``: the hand loop synchronising every metric at every step
   (a sum and a count each, as metric libraries do), for comparison.
 
@@ -54,7 +57,7 @@ from torch import nn
 
 HERE = pathlib.Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / 'results' / 'ddp_overhead.json'
-VARIANTS = ('trainer', 'hand', 'per_metric')
+VARIANTS = ('trainer', 'hand', 'hand_control', 'per_metric')
 # The loss and its reported values: M = 3 (total, cross entropy, logit L2).
 LOGIT_WEIGHT = 0.01
 N_METRICS = 3
@@ -74,12 +77,15 @@ class Config:
     rounds: int = 30
     warmup: int = 3
     device: str = 'cpu'
+    sync_every: int | None = None  # the timed Trainer's; None: adaptive
 
 
 # ----------------------------------------------------------------- shared
 def make_data(config: Config) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(config.seed)
-    features = torch.randn(config.samples, config.features, generator=generator)
+    features = torch.randn(
+        config.samples, config.features, generator=generator
+    )
     labels = torch.randint(
         0, config.classes, (config.samples,), generator=generator
     )
@@ -141,7 +147,7 @@ class Counter:
 
         dist.all_reduce = counted
 
-    def hook(self, state, bucket):  # noqa: ANN001, ANN201
+    def hook(self, state, bucket):
         """DDP's default all-reduce of a bucket, counted.
 
         It calls the process group directly, not ``dist.all_reduce``, so
@@ -220,7 +226,9 @@ class HandLoop:
         dist.all_reduce(packed)
         totals = packed.tolist()
         names = ('Loss', 'CrossEntropy', 'LogitL2')
-        self.metrics = {k: v / totals[-1] for k, v in zip(names, totals)}
+        self.metrics = {
+            k: v / totals[-1] for k, v in zip(names, totals[:-1], strict=True)
+        }
         return len(batches)
 
 
@@ -236,8 +244,9 @@ class TrainerLoop:
         sync_every: int | None = None,
         hook: Any = None,
     ) -> None:
-        import drytorch
         from torch.utils.data import TensorDataset
+
+        import drytorch
 
         self.config = config
         self.model = drytorch.Model(make_network(config), name, device=device)
@@ -283,8 +292,10 @@ def rank_main(
     from drytorch.distributed import teardown_distributed
 
     torch.manual_seed(config.seed)
-    device = torch.device(config.device, rank) if config.device == 'cuda' else (
-        torch.device('cpu')
+    device = (
+        torch.device(config.device, rank)
+        if config.device == 'cuda'
+        else (torch.device('cpu'))
     )
     data = make_data(config)
     with tempfile.TemporaryDirectory() as tmp:
@@ -304,11 +315,15 @@ def measure(
     device: torch.device,
 ) -> dict[str, Any]:
     loops: dict[str, Any] = {
-        'trainer': TrainerLoop(config, data, device, 'timed'),
+        'trainer': TrainerLoop(
+            config, data, device, 'timed', sync_every=config.sync_every
+        ),
         'hand': HandLoop(config, data, device, per_metric=False),
+        'hand_control': HandLoop(config, data, device, per_metric=False),
         'per_metric': HandLoop(config, data, device, per_metric=True),
     }
     seconds: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    cpu: dict[str, list[float]] = {name: [] for name in VARIANTS}
     steps: dict[str, int] = {}
     for round_index in range(config.rounds + config.warmup):
         shift = round_index % len(VARIANTS)
@@ -316,16 +331,20 @@ def measure(
             dist.barrier()
             synchronize(device)
             start = time.perf_counter()
+            start_cpu = time.process_time()
             steps[name] = loops[name].train_epoch()
             synchronize(device)
             elapsed = time.perf_counter() - start
+            elapsed_cpu = time.process_time() - start_cpu
             if round_index >= config.warmup:
                 seconds[name].append(elapsed)
+                cpu[name].append(elapsed_cpu)
     # Every rank must agree: take the slowest rank's time of each epoch.
     for name in VARIANTS:
-        times = torch.tensor(seconds[name], dtype=torch.float64)
-        dist.all_reduce(times, op=dist.ReduceOp.MAX)
-        seconds[name] = times.tolist()
+        for series in (seconds, cpu):
+            times = torch.tensor(series[name], dtype=torch.float64)
+            dist.all_reduce(times, op=dist.ReduceOp.MAX)
+            series[name] = times.tolist()
     per_step = {
         name: statistics.median(seconds[name]) / steps[name]
         for name in VARIANTS
@@ -345,7 +364,14 @@ def measure(
             t / h
             for t, h in zip(seconds['trainer'], seconds['hand'], strict=True)
         ],
+        # CPU time of the busiest rank: what the loop costs when other
+        # processes compete for the cores (waits in collectives excluded).
+        'cpu_per_step_s': {
+            name: statistics.median(cpu[name]) / steps[name]
+            for name in VARIANTS
+        },
         'epoch_s': seconds,
+        'epoch_cpu_s': cpu,
         'steps_per_epoch': steps,
         'adaptive_sync_every': loops['trainer'].trainer.sync.every,
         'metrics_last_epoch': {
@@ -413,12 +439,15 @@ def summary(result: dict[str, Any]) -> str:
         f'  median step: trainer {per_step["trainer"] * 1e3:.3f} ms, '
         f'hand-written DDP {per_step["hand"] * 1e3:.3f} ms, '
         f'per-metric sync {per_step["per_metric"] * 1e3:.3f} ms',
+        f'  control: hand again / hand {result["ratio_control_over_hand"]:.3f}'
+        f' (wall), {result["ratio_control_cpu"]:.3f} (CPU): the noise',
         f'  ratio trainer / hand: {result["ratio_trainer_over_hand"]:.3f} '
         f'(target <= 1.05); per-metric / hand: '
         f'{result["ratio_per_metric_over_hand"]:.3f}',
         f'  trainer / hand, median of paired rounds '
         f'{result["ratio_paired_median"]:.3f}, of fastest epochs '
-        f'{result["ratio_fastest"]:.3f}; same metrics: '
+        f'{result["ratio_fastest"]:.3f}, of median CPU time per step '
+        f'{result["ratio_cpu"]:.3f}; same metrics: '
         f'{result["same_metrics"]}; load average before/after '
         f'{result["host"]["load_average_before"][0]:.1f}/'
         f'{result["host"]["load_average_after"][0]:.1f} on '
@@ -449,6 +478,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--samples', type=int, default=Config.samples)
     parser.add_argument('--hidden', type=int, default=Config.hidden)
     parser.add_argument('--batch-size', type=int, default=Config.batch_size)
+    parser.add_argument(
+        '--sync-every',
+        type=int,
+        default=None,
+        help="the timed Trainer's sync interval (default: adaptive)",
+    )
     parser.add_argument('--out', default=str(DEFAULT_OUT))
     args = parser.parse_args(argv)
     config = Config(
@@ -458,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         hidden=args.hidden,
         batch_size=args.batch_size,
         device=args.device,
+        sync_every=args.sync_every,
     )
     if args.device == 'cuda' and torch.cuda.device_count() < args.nproc:
         parser.error(
@@ -503,6 +539,17 @@ def main(argv: list[str] | None = None) -> int:
             per_step['per_metric'] / per_step['hand']
         ),
         'ratio_paired_median': statistics.median(measured['paired_ratios']),
+        'ratio_control_over_hand': (
+            per_step['hand_control'] / per_step['hand']
+        ),
+        'ratio_control_cpu': (
+            measured['cpu_per_step_s']['hand_control']
+            / measured['cpu_per_step_s']['hand']
+        ),
+        'ratio_cpu': (
+            measured['cpu_per_step_s']['trainer']
+            / measured['cpu_per_step_s']['hand']
+        ),
         'ratio_fastest': (
             measured['fastest_step_s']['trainer']
             / measured['fastest_step_s']['hand']

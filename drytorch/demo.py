@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import pathlib
 import sys
 from collections.abc import Sequence
@@ -152,6 +153,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--seed', type=int, default=DemoConfig.seed)
     args = parser.parse_args(argv)
     config = DemoConfig(epochs=args.epochs, seed=args.seed)
+    if 'OMP_NUM_THREADS' not in os.environ:
+        # The network is tiny: splitting its operations over threads costs
+        # more than it saves, and on a busy machine (or with several ranks
+        # per node) waiting for the other threads slowed the demo 5-fold.
+        torch.set_num_threads(1)
     try:
         train_digits(config, args.par_dir, args.run_id, args.resume)
     finally:

@@ -189,7 +189,8 @@ class EventDispatcher:
         warnings.warn(
             TrackerFailedWarning(
                 f'Tracker {name!r} failed on {event.__class__.__name__} '
-                f'with {err.__class__.__name__}: {err}. It is unsubscribed; '
+                f'with {err.__class__.__name__}: {str(err).rstrip(".")}. '
+                'It is unsubscribed; '
                 'the run goes on without it.'
             ),
             stacklevel=3,

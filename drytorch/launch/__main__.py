@@ -37,38 +37,76 @@ def build_parser() -> argparse.ArgumentParser:
         usage=f'{PROG} [OPTIONS] (SCRIPT.py | -m MODULE) [ARGS...]',
     )
     add = parser.add_argument
-    add('--cluster', choices=CLUSTERS, default='slurm',
+    add(
+        '--cluster',
+        choices=CLUSTERS,
+        default='slurm',
         help='slurm: a batch job; local: processes here; debug: this '
-             'process (default: slurm)')
+        'process (default: slurm)',
+    )
     add('--nodes', type=int, default=1, help='nodes (default: 1)')
-    add('--gpus-per-node', type=int, default=0,
-        help='GPUs per node (default: 0)')
-    add('--tasks-per-node', type=int, default=None,
-        help='ranks per node (default: one per GPU, else 1)')
-    add('--cpus-per-task', type=int, default=1,
-        help='CPU cores per rank (default: 1)')
+    add(
+        '--gpus-per-node',
+        type=int,
+        default=0,
+        help='GPUs per node (default: 0)',
+    )
+    add(
+        '--tasks-per-node',
+        type=int,
+        default=None,
+        help='ranks per node (default: one per GPU, else 1)',
+    )
+    add(
+        '--cpus-per-task',
+        type=int,
+        default=1,
+        help='CPU cores per rank (default: 1)',
+    )
     add('--mem', default=None, help="memory per node, e.g. '32G'")
-    add('--timeout-min', type=int, default=60,
-        help='time limit in minutes (default: 60)')
+    add(
+        '--timeout-min',
+        type=int,
+        default=60,
+        help='time limit in minutes (default: 60)',
+    )
     add('--partition', default=None, help='SLURM partition')
     add('--account', default=None, help='SLURM account')
     add('--qos', default=None, help='SLURM quality of service')
     add('--constraint', default=None, help='SLURM node features')
-    add('--signal-delay-s', type=int, default=90,
-        help='SIGUSR2 this many seconds before the time limit '
-             '(default: 90)')
-    add('--sbatch', action='append', default=[], metavar='KEY[=VALUE]',
-        help="an extra sbatch option, e.g. --sbatch exclusive "
-             "--sbatch mail-type=END (repeatable)")
-    add('--srun-arg', action='append', default=[], metavar='ARG',
-        help='an extra srun argument, e.g. --srun-arg=--mpi=pmix '
-             '(repeatable)')
-    add('--folder', default='drytorch_jobs/%j',
+    add(
+        '--signal-delay-s',
+        type=int,
+        default=90,
+        help='SIGUSR2 this many seconds before the time limit (default: 90)',
+    )
+    add(
+        '--sbatch',
+        action='append',
+        default=[],
+        metavar='KEY[=VALUE]',
+        help='an extra sbatch option, e.g. --sbatch exclusive '
+        '--sbatch mail-type=END (repeatable)',
+    )
+    add(
+        '--srun-arg',
+        action='append',
+        default=[],
+        metavar='ARG',
+        help='an extra srun argument, e.g. --srun-arg=--mpi=pmix (repeatable)',
+    )
+    add(
+        '--folder',
+        default='drytorch_jobs/%j',
         help='job files and logs; %%j is the job id '
-             '(default: drytorch_jobs/%%j)')
+        '(default: drytorch_jobs/%%j)',
+    )
     add('--name', default=None, help="the job's name (default: the script)")
-    add('--wait', action='store_true',
-        help="wait for the job to end and report rank zero's result")
+    add(
+        '--wait',
+        action='store_true',
+        help="wait for the job to end and report rank zero's result",
+    )
     return parser
 
 

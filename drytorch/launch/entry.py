@@ -51,6 +51,7 @@ class ScriptJob:
         *args: its command-line arguments.
 
     Use :meth:`module` for ``python -m package.module``.
+
     """
 
     def __init__(self, script: str | os.PathLike[str], *args: object) -> None:
@@ -88,7 +89,9 @@ class ScriptJob:
     @property
     def name(self) -> str:
         """The module's name, or the script's file name without suffix."""
-        return self.target if self.is_module else pathlib.Path(self.target).stem
+        return (
+            self.target if self.is_module else pathlib.Path(self.target).stem
+        )
 
     def __call__(self, **options: Any) -> int:
         """Run it; ``options`` become ``--name value`` arguments.
@@ -102,7 +105,9 @@ class ScriptJob:
         try:
             sys.argv = [self.target, *argv]
             if self.is_module:
-                runpy.run_module(self.target, run_name='__main__', alter_sys=True)
+                runpy.run_module(
+                    self.target, run_name='__main__', alter_sys=True
+                )
             else:
                 sys.path.insert(0, str(pathlib.Path(self.target).parent))
                 runpy.run_path(self.target, run_name='__main__')

@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 import pathlib
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from drytorch.launch.errors import JobFailedError
 
@@ -147,20 +147,10 @@ class SubmittedJob(Job):
         return bool(self.submitit_job.done())
 
     def results(self, timeout_s: float | None = None) -> list[Any]:
-        self._wait(timeout_s)
-        tasks = self._tasks()
-        deadline = time.monotonic() + self.result_grace_s
-        while not all(t.paths.result_pickle.exists() for t in tasks):
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        failed = [t for t in tasks if _outcome(t) == 'error']
-        if failed:
-            self._raise_error(failed[0])
-        missing = [t for t in tasks if not t.paths.result_pickle.exists()]
-        if missing:
-            self._raise_no_result(missing[0])
-        return [t.result() for t in tasks]
+        return self._collect(timeout_s, every_rank=True)
+
+    def result(self, timeout_s: float | None = None) -> Any:
+        return self._collect(timeout_s, every_rank=False)[0]
 
     def cancel(self) -> None:
         self.submitit_job.cancel(check=False)
@@ -186,6 +176,30 @@ class SubmittedJob(Job):
         job = self.submitit_job
         return [job.task(rank) for rank in range(job.num_tasks)]
 
+    def _collect(self, timeout_s: float | None, every_rank: bool) -> list[Any]:
+        """The results of every rank, or of rank zero alone.
+
+        Another rank's missing result (a late file) does not hold up rank
+        zero's, but another rank's error fails the job.
+        """
+        self._wait(timeout_s)
+        tasks = self._tasks()
+        wanted = tasks if every_rank else tasks[:1]
+        deadline = time.monotonic() + self.result_grace_s
+        while not all(t.paths.result_pickle.exists() for t in wanted):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        # Any rank's error fails the job, and its traceback says more than
+        # "rank 0 left no result" (it may have been killed for it).
+        failed = [t for t in tasks if _outcome(t) == 'error']
+        if failed:
+            self._raise_error(failed[0])
+        if all(_outcome(t) == 'success' for t in wanted):
+            return [t.result() for t in wanted]
+        missing = [t for t in wanted if _outcome(t) is None]
+        self._raise_no_result(missing[0])
+
     def _wait(self, timeout_s: float | None) -> None:
         start = time.monotonic()
         while not self.submitit_job.done():
@@ -198,18 +212,20 @@ class SubmittedJob(Job):
                 )
             time.sleep(1.0)
 
-    def _raise_error(self, task: Any) -> None:
+    def _raise_error(self, task: Any) -> NoReturn:
+        """Raise with the traceback that submitit saved for ``task``."""
         try:
             task.result()
-        except Exception as err:  # noqa: BLE001 - re-raised with context
+        except Exception as err:
             raise JobFailedError(
                 f'{self.cluster} job {self.job_id} ({self.name}) failed on '
                 f'rank {task.task_id}:\n{err}',
                 self.job_id,
                 str(task.paths.stderr),
             ) from err
+        raise AssertionError(f'rank {task.task_id} did not fail after all')
 
-    def _raise_no_result(self, task: Any) -> None:
+    def _raise_no_result(self, task: Any) -> NoReturn:
         stderr = pathlib.Path(task.paths.stderr)
         stdout = pathlib.Path(task.paths.stdout)
         tail = _tail(stderr) or _tail(stdout)

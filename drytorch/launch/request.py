@@ -247,7 +247,7 @@ class LaunchRequest:
             name = str(key).lstrip('-').replace('_', '-')
             if len(name) < 2:
                 raise InvalidLaunchError(
-                    f'sbatch_args has the option {key!r}; use sbatch\'s '
+                    f"sbatch_args has the option {key!r}; use sbatch's "
                     "long option names, e.g. {'exclusive': True, "
                     "'mail-type': 'END'}."
                 )

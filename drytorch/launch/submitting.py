@@ -120,7 +120,7 @@ def submit(
             handles = executor.map_array(job, array_params)
     except LaunchError:
         raise
-    except Exception as err:  # noqa: BLE001 - the scheduler's own error
+    except Exception as err:
         raise LaunchError(
             f'The {request.cluster} executor refused the job '
             f'{request.name!r} ({request.describe()}): {err}'

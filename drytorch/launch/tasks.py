@@ -136,8 +136,9 @@ class Task(abc.ABC):
 
         """
 
+    @abc.abstractmethod
     def _export(self) -> None:
-        """Set what detection needs; nothing by default."""
+        """Set the variables that detection needs."""
 
 
 class SlurmTask(Task):
@@ -173,7 +174,11 @@ class SlurmTask(Task):
         command = ['scontrol', 'requeue', self.job_id]
         try:
             proc = subprocess.run(
-                command, capture_output=True, text=True, timeout=60
+                command,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
             )
             problem = proc.stderr.strip() if proc.returncode else ''
         except (OSError, subprocess.TimeoutExpired) as err:
@@ -220,7 +225,9 @@ class LocalTask(Task):
         )
 
     def __init__(
-        self, *args: object, restarts_file: pathlib.Path | None = None,
+        self,
+        *args: object,
+        restarts_file: pathlib.Path | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -268,6 +275,9 @@ class DebugTask(Task):
 
     def prepare(self) -> None:
         """Nothing: this process is whatever started it."""
+
+    def _export(self) -> None:
+        """Nothing to export."""
 
     def requeue(self) -> None:
         """Nothing to requeue: the preemption reaches the caller."""

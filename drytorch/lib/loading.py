@@ -132,7 +132,9 @@ class DataLoader:
                 mine = mine[: per_rank - per_rank % self.batch_size]
             batches = list(torch.split(mine, self.batch_size))
             return Plan(batches, per_rank * world)
-        mine = torch.arange(rank, size, world)
+        # min(): a rank past the last sample (fewer samples than ranks)
+        # gets none, rather than an arange that runs backwards and fails
+        mine = torch.arange(min(rank, size), size, world)
         steps = math.ceil(math.ceil(size / world) / self.batch_size)
         batches = list(torch.split(mine, self.batch_size))
         empty = torch.empty(0, dtype=torch.long)
@@ -151,11 +153,14 @@ class DataLoader:
         if self.num_workers > 0:
             yield from self._iterate_workers(remaining)
             return
+        fetch = self._fetch
         for indices in remaining:
-            if len(indices) == 0:
+            # shape[0], not len(): Tensor.__len__ runs Python code per call
+            n = indices.shape[0]
+            if n == 0:
                 yield None, 0
             else:
-                yield self._fetch(indices), len(indices)
+                yield fetch(indices), n
 
     def _fetch(self, indices: torch.Tensor) -> Any:
         dataset = self.dataset

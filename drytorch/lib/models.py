@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from drytorch.core import log_events
+from drytorch.core import exceptions, log_events
 from drytorch.core.experimenting import Experiment
 from drytorch.distributed import ranks
 from drytorch.lib.checkpoints import LocalCheckpoint
@@ -105,11 +105,21 @@ class Model:
         self.module.load_state_dict(state['module'])
         self.epoch = int(state['epoch'])
 
+    def _weights(self) -> LocalCheckpoint:
+        """Where :meth:`save_state` writes: ``weights/`` in the checkpoints.
+
+        Apart from the trainer's full checkpoints, which share their file
+        names: weights alone saved at an epoch would otherwise replace the
+        full checkpoint of that epoch, and the trainer could no longer
+        resume from it.
+        """
+        return LocalCheckpoint(self.checkpoint.directory / 'weights')
+
     def save_state(self) -> None:
         """Save the weights alone (rank zero writes; all ranks call)."""
         location = ''
         if ranks.is_rank_zero():
-            location = self.checkpoint.save(
+            location = self._weights().save(
                 {'model': self.state_dict()}, self.epoch
             )
         ranks.barrier()
@@ -121,8 +131,15 @@ class Model:
         )
 
     def load_state(self, epoch: int = -1) -> None:
-        """Load the weights of ``epoch`` (-1: the newest)."""
-        state, info = self.checkpoint.load(epoch, mid_epoch=False)
+        """Load the weights of ``epoch`` (-1: the newest).
+
+        Weights saved by :meth:`save_state` come first; without any for
+        ``epoch``, those of a trainer's full checkpoint are loaded.
+        """
+        try:
+            state, info = self._weights().load(epoch, mid_epoch=False)
+        except exceptions.CheckpointNotFoundError:
+            state, info = self.checkpoint.load(epoch, mid_epoch=False)
         self.load_state_dict(state['model'])
         log_events.LoadModelEvent(
             model_name=self.name,

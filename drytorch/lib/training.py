@@ -64,9 +64,11 @@ def _rng_state(device: torch.device) -> dict[str, Any]:
 def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     random.setstate(state['python'])
     np.random.set_state(state['numpy'])
-    torch.set_rng_state(state['torch'])
+    # generators take their state as a CPU tensor; a checkpoint loaded with
+    # map_location on a GPU brings it there
+    torch.set_rng_state(state['torch'].cpu())
     if 'cuda' in state and device.type == 'cuda':
-        torch.cuda.set_rng_state(state['cuda'], device)
+        torch.cuda.set_rng_state(state['cuda'].cpu(), device)
 
 
 class Trainer(Runner):
@@ -424,6 +426,10 @@ class Trainer(Runner):
             epoch, mid_epoch=epoch < 0, map_location=self.model.device
         )
         self.load_state_dict(state)
+        # The caller chose this state: the automatic restore of a resumed
+        # run must not replace it with the newest checkpoint at the next
+        # train() call (which then trained nothing, or from elsewhere).
+        self._resume_checked = True
         if self._position is not None:
             self._position.call = None
             self._position.end_epoch = None

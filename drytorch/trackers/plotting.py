@@ -15,7 +15,9 @@ epoch, only where new values arrived.
 from __future__ import annotations
 
 import abc
+import bisect
 import functools
+import itertools
 import pathlib
 from collections.abc import Iterable, Mapping
 from typing import ClassVar, Generic, TypeVar
@@ -24,7 +26,11 @@ from typing_extensions import override
 
 from drytorch.core import log_events
 from drytorch.core.tracking import Tracker
-from drytorch.trackers.base_classes import MetricHistory, MetricLoader
+from drytorch.trackers.base_classes import (
+    MetricHistory,
+    MetricLoader,
+    SourceHistory,
+)
 
 __all__ = ['BasePlotter', 'FigurePlotter', 'Series']
 
@@ -71,7 +77,8 @@ class BasePlotter(Tracker, Generic[_Plot]):
         self.metric_names = frozenset(metric_names)
         self.start = start
         self.metric_loader = metric_loader
-        self._session: dict[str, dict[str, dict[int, dict[str, float]]]] = {}
+        # model -> source -> metric -> curve, kept sorted by epoch
+        self._session: dict[str, dict[str, dict[str, Series]]] = {}
         self._earlier: dict[str, MetricHistory] = {}
         self._load_epoch: dict[str, int] = {}
         self._stale: dict[str, set[str]] = {}
@@ -112,8 +119,9 @@ class BasePlotter(Tracker, Generic[_Plot]):
             }
             if metrics:
                 model = self._session.setdefault(event.model_name, {})
-                points = model.setdefault(event.source_name, {})
-                points.setdefault(event.epoch, {}).update(metrics)
+                curves = model.setdefault(event.source_name, {})
+                for name, value in metrics.items():
+                    _put(curves.setdefault(name, ([], [])), event.epoch, value)
                 stale = self._stale.setdefault(event.model_name, set())
                 stale.update(metrics)
         return super().notify(event)
@@ -194,19 +202,16 @@ class BasePlotter(Tracker, Generic[_Plot]):
         first = self.start if start is None else start
         out: dict[str, Series] = {}
         for name in names:
-            points = current.get(name, {})
+            curves = current.get(name, {})
             epochs, values = _earlier_points(earlier, name, metric_name)
-            cut = min(points) if points else None
-            if cut is not None:
-                kept = [i for i, epoch in enumerate(epochs) if epoch < cut]
-                epochs = [epochs[i] for i in kept]
-                values = [values[i] for i in kept]
-            for epoch in sorted(points):
-                value = points[epoch].get(metric_name)
-                if value is not None:
-                    epochs.append(epoch)
-                    values.append(value)
-            epochs, values = _window(epochs, values, first)
+            starts = [curve[0][0] for curve in curves.values() if curve[0]]
+            if starts:  # the session replaces what follows its start
+                cut = bisect.bisect_left(epochs, min(starts))
+                epochs, values = epochs[:cut], values[:cut]
+            own_epochs, own_values = curves.get(metric_name, ([], []))
+            epochs, values = _window(
+                epochs + own_epochs, values + own_values, first
+            )
             if epochs:
                 out[name] = (epochs, values)
         return out
@@ -216,9 +221,8 @@ class BasePlotter(Tracker, Generic[_Plot]):
         names: set[str] = set()
         for _, values in self._earlier.get(model_name, {}).values():
             names.update(values)
-        for points in self._session.get(model_name, {}).values():
-            for metrics in points.values():
-                names.update(metrics)
+        for curves in self._session.get(model_name, {}).values():
+            names.update(curves)
         return {name for name in names if self._metric_wanted(name)}
 
     def model_names_seen(self) -> list[str]:
@@ -263,7 +267,7 @@ class BasePlotter(Tracker, Generic[_Plot]):
         max_epoch = self._load_epoch.pop(model_name, -1)
         loaded = self.metric_loader.load_metrics(model_name, max_epoch)
         self._earlier[model_name] = {
-            source: history
+            source: _sorted(history)
             for source, history in loaded.items()
             if self._source_wanted(source)
         }
@@ -312,13 +316,37 @@ class FigurePlotter(BasePlotter[_Plot], Generic[_Plot]):
 def _earlier_points(
     earlier: MetricHistory, source_name: str, metric_name: str
 ) -> Series:
-    if source_name not in earlier:
+    epochs, values = earlier.get(source_name, ([], {}))
+    if metric_name not in values:
         return [], []
-    epochs, values = earlier[source_name]
-    metric_values = values.get(metric_name)
-    if metric_values is None:
-        return [], []
-    return list(epochs), list(metric_values)
+    return epochs, values[metric_name]
+
+
+def _put(curve: Series, epoch: int, value: float) -> None:
+    """Add a point to a curve sorted by epoch; a repeated epoch replaces."""
+    epochs, values = curve
+    if not epochs or epoch > epochs[-1]:  # the usual case
+        epochs.append(epoch)
+        values.append(value)
+        return
+    index = bisect.bisect_left(epochs, epoch)
+    if epochs[index] == epoch:
+        values[index] = value
+    else:
+        epochs.insert(index, epoch)
+        values.insert(index, value)
+
+
+def _sorted(history: SourceHistory) -> SourceHistory:
+    """A loaded history in epoch order (loaders return it so, normally)."""
+    epochs, values = history
+    if all(a < b for a, b in itertools.pairwise(epochs)):
+        return history
+    order = sorted(range(len(epochs)), key=epochs.__getitem__)
+    return (
+        [epochs[i] for i in order],
+        {name: [vals[i] for i in order] for name, vals in values.items()},
+    )
 
 
 def _window(epochs: list[int], values: list[float], start: int) -> Series:
@@ -326,7 +354,5 @@ def _window(epochs: list[int], values: list[float], start: int) -> Series:
     if not epochs:
         return epochs, values
     first = start if start > 0 else epochs[-1] + start + 1
-    kept = [i for i, epoch in enumerate(epochs) if epoch >= first]
-    if len(kept) == len(epochs):
-        return epochs, values
-    return [epochs[i] for i in kept], [values[i] for i in kept]
+    index = bisect.bisect_left(epochs, first)
+    return epochs[index:], values[index:]

@@ -1,10 +1,9 @@
 """Metrics as TensorBoard scalars, and optionally a TensorBoard server.
 
 Scalars are tagged ``model/source/metric`` and stepped by epoch; the
-configuration and tags are written as text.  A resumed run reopens its
-log directory with a purge step at the first epoch it logs, so that
-TensorBoard hides what the earlier attempt wrote past its checkpoint and no
-epoch shows twice.
+configuration and tags are written as text.  A resumed run reopens its log
+directory and purges what the earlier attempt wrote past its checkpoint
+(see :class:`_Seam`), so that no epoch shows twice.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from typing_extensions import override
 
@@ -52,6 +51,10 @@ class TensorBoard(Dumper):
     id>``, so that a server started on ``<par_dir>/tensorboard`` lists the
     runs side by side.
 
+    A resumed attempt appends to the same folder; where a source logs an
+    epoch again, TensorBoard is told to purge from that epoch and what is
+    still valid after it is written again, so every epoch shows once.
+
     Args:
         par_dir: the folder; the run's folder when None.
         start_server: start ``tensorboard`` on 127.0.0.1 for each run,
@@ -80,6 +83,7 @@ class TensorBoard(Dumper):
         self._writer: SummaryWriter | None = None
         self._log_dir: pathlib.Path | None = None
         self._text: dict[str, str] = {}
+        self._seam: _Seam | None = None
         self._server: subprocess.Popen[bytes] | None = None
         self._server_output: IO[bytes] | None = None
 
@@ -116,10 +120,20 @@ class TensorBoard(Dumper):
 
     @notify.register
     def _(self, event: log_events.MetricEvent) -> None:
-        writer = self._open(event.epoch)
+        writer = self._open()
+        prefix = f'{event.model_name}/{event.source_name}/'
+        seam = self._seam
+        if (
+            seam is not None
+            and prefix not in seam.started
+            and seam.restart(writer, prefix, event.epoch)
+            and event.epoch <= 0
+        ):
+            self._write_text(writer)  # purged with the scalars
         for name, value in event.metrics.items():
-            tag = f'{event.model_name}/{event.source_name}/{name}'
-            writer.add_scalar(tag, float(value), event.epoch)
+            writer.add_scalar(prefix + name, float(value), event.epoch)
+            if seam is not None:
+                seam.record(prefix + name, event.epoch, float(value))
         return super().notify(event)
 
     @notify.register
@@ -135,7 +149,7 @@ class TensorBoard(Dumper):
     @notify.register
     def _(self, event: log_events.StopExperimentEvent) -> None:
         if self._writer is None and self._text and not self.resumed:
-            self._open(0)  # a run without metrics still shows its config
+            self._open()  # a run without metrics still shows its config
         return super().notify(event)
 
     @override
@@ -144,6 +158,7 @@ class TensorBoard(Dumper):
         writer, self._writer = self._writer, None
         log_dir, self._log_dir = self._log_dir, None
         self._text = {}
+        self._seam = None
         try:
             if writer is not None:
                 writer.close()
@@ -164,8 +179,8 @@ class TensorBoard(Dumper):
         if self._writer is not None:
             self._writer.flush()
 
-    def _open(self, epoch: int) -> SummaryWriter:
-        """The writer; created at the first epoch to know the purge step."""
+    def _open(self) -> SummaryWriter:
+        """The writer, created at the first write; checks the folder."""
         log_dir = self._log_dir
         if log_dir is None:
             raise exceptions.NoActiveRunError('TensorBoard')
@@ -180,12 +195,19 @@ class TensorBoard(Dumper):
             return self._writer
         from torch.utils.tensorboard import SummaryWriter
 
-        purge = epoch if self.resumed else None
-        writer = SummaryWriter(str(log_dir), purge_step=purge)
-        for tag, text in self._text.items():
-            writer.add_text(tag, text, 0)
+        if self.resumed:
+            _wait_for_a_later_second(log_dir)
+        writer = SummaryWriter(str(log_dir))
+        if self.resumed:  # the first attempt wrote the text already
+            self._seam = _Seam(log_dir)
+        else:
+            self._write_text(writer)
         self._writer = writer
         return writer
+
+    def _write_text(self, writer: SummaryWriter) -> None:
+        for tag, text in self._text.items():
+            writer.add_text(tag, text, 0)
 
     def _start_server(self) -> None:
         self._stop_server()
@@ -254,6 +276,81 @@ class TensorBoard(Dumper):
         if self._server_output is not None:
             self._server_output.close()
             self._server_output = None
+
+
+class _Seam:
+    """Joins a resumed attempt to the scalars of the earlier ones.
+
+    A source's values are stale from the epoch at which it logs again in
+    this attempt, but TensorBoard's only purge, a restart marker at a step,
+    hides every tag's values from that step on.  So the valid values are
+    read back first, and when a source logs again below values it already
+    has, the purge is followed by writing again every value that is still
+    valid past that step.  What TensorBoard shows is then right after every
+    event, also if the process is killed before it can clean up.
+    """
+
+    def __init__(self, log_dir: pathlib.Path) -> None:
+        from tensorboard.backend.event_processing import event_accumulator
+
+        reader = event_accumulator.EventAccumulator(
+            str(log_dir), size_guidance={event_accumulator.SCALARS: 0}
+        )
+        reader.Reload()
+        self.valid: dict[str, dict[int, float]] = {
+            tag: {int(s.step): s.value for s in reader.Scalars(tag)}
+            for tag in reader.Tags()[event_accumulator.SCALARS]
+        }
+        self.started: set[str] = set()
+
+    def restart(self, writer: SummaryWriter, prefix: str, epoch: int) -> bool:
+        """A source logs again from ``epoch``; True if that purged."""
+        self.started.add(prefix)
+        stale = False
+        for tag, points in self.valid.items():
+            if tag.startswith(prefix):
+                for step in [s for s in points if s >= epoch]:
+                    del points[step]
+                    stale = True
+        if not stale:  # an exact resume: nothing to hide
+            return False
+        _purge(writer, epoch)
+        for tag, points in self.valid.items():
+            for step, value in sorted(points.items()):
+                if step >= epoch:
+                    writer.add_scalar(tag, value, step)
+        return True
+
+    def record(self, tag: str, step: int, value: float) -> None:
+        """A value of this attempt, to write again after a later purge."""
+        self.valid.setdefault(tag, {})[step] = value
+
+
+def _wait_for_a_later_second(log_dir: pathlib.Path) -> None:
+    """Make this attempt's event file sort after the earlier ones' files.
+
+    TensorBoard reads a folder's files in name order, and a name starts
+    with the second the file was created; within one second the order is
+    left to the process id and a counter.  A resume in the same second as
+    the previous attempt (the same process, in practice) waits for the next
+    second.
+    """
+    latest = 0
+    for path in log_dir.glob('events.out.tfevents.*'):
+        created = path.name.split('.')[3]
+        if created.isdigit():
+            latest = max(latest, int(created))
+    while int(time.time()) <= latest:
+        time.sleep(0.02)
+
+
+def _purge(writer: SummaryWriter, step: int) -> None:
+    """Hide every scalar from ``step`` on: a restart marker."""
+    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+
+    marker = Event(step=step, session_log=SessionLog(status=SessionLog.START))
+    file_writer: Any = writer.file_writer
+    file_writer.add_event(marker)
 
 
 def _answers(url: str) -> bool:

@@ -192,7 +192,9 @@ def train_and_evaluate(
             out['run_id'] = run.id
             out['rank'] = ranks.get_rank()
             out['world_size'] = ranks.get_world_size()
-            out['backend'] = dist.get_backend() if dist.is_initialized() else None
+            out['backend'] = (
+                dist.get_backend() if dist.is_initialized() else None
+            )
             out['live_trackers'] = sorted(experiment.trackers.named_trackers)
             out.update(_frozen_epoch(dataset, eval_batch))
             out['counts'] = [
@@ -228,7 +230,9 @@ def _frozen_epoch(dataset: TensorDataset, eval_batch: int) -> dict[str, Any]:
     test()
     unchanged = all(
         torch.equal(before, after)
-        for before, after in zip(initial, model.module.parameters())
+        for before, after in zip(
+            initial, model.module.parameters(), strict=True
+        )
     )
     assert trainer.validation is not None
     return {
@@ -286,7 +290,9 @@ def _count(
     before = counter.calls
     trainer.train(1)
     train_calls = counter.calls - before
-    metrics = drytorch.MetricCollection(*(_metric(i) for i in range(n_metrics)))
+    metrics = drytorch.MetricCollection(
+        *(_metric(i) for i in range(n_metrics))
+    )
     val_loader = drytorch.DataLoader(dataset, eval_batch)
     validation = drytorch.Validation(
         model,
@@ -322,7 +328,9 @@ def _train_for_real(dataset: TensorDataset) -> list[float]:
         learning_schema=drytorch.LearningSchema.Adam(lr=0.01),
     )
     trainer.train(2)
-    return [p.detach().double().sum().item() for p in model.module.parameters()]
+    return [
+        p.detach().double().sum().item() for p in model.module.parameters()
+    ]
 
 
 def train_until_killed(

@@ -114,3 +114,18 @@ def test_mpirun_two_processes(
     assert result.accuracy > MIN_ACCURACY
     assert abs(result.accuracy - single.accuracy) < 0.05
     check_outputs(result)
+
+
+@pytest.mark.parametrize(
+    'script',
+    [
+        'launchers/torchrun.sh',
+        'launchers/mpirun.sh',
+        'benchmarks/gpu_check.sh',
+    ],
+)
+def test_shell_recipes_parse(script: str) -> None:
+    """The GPU check cannot run here; it must at least be valid bash."""
+    path = REPO_ROOT / script
+    assert path.read_text().startswith('#!/usr/bin/env bash\n# ')
+    subprocess.run(['bash', '-n', str(path)], check=True)

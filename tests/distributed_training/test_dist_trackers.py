@@ -56,8 +56,8 @@ def test_the_csv_files_hold_each_epoch_once(
     launch: Callable[[int], Launch], world_size: int
 ) -> None:
     launched = launch(world_size)
-    run_dir = launched.par_dir / 'DistTraining' / 'runs' / (
-        launched.zero['run_id']
+    run_dir = (
+        launched.par_dir / 'DistTraining' / 'runs' / (launched.zero['run_id'])
     )
     folder = run_dir / 'csv_metrics' / 'frozen'
     assert sorted(p.name for p in folder.iterdir()) == sorted(

@@ -47,6 +47,11 @@ def die(code: int = 1) -> None:
     os._exit(code)
 
 
+def echo(**params: Any) -> dict[str, Any]:
+    """The keyword arguments, and the array task that got them."""
+    return {**params, 'array_task': os.environ.get('SLURM_ARRAY_TASK_ID')}
+
+
 def where() -> dict[str, Any]:
     """What the task sees: rank, world size, launcher, group."""
     import torch.distributed as dist
@@ -86,3 +91,12 @@ class _PausingSave:
         deadline = time.monotonic() + PAUSE_LIMIT_S
         while not watcher.requested and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+def fail_on(rank: int) -> str:
+    """Raise on one rank; the others return."""
+    from drytorch.distributed import ranks
+
+    if ranks.get_rank() == rank:
+        raise ValueError(f'rank {rank} broke on purpose')
+    return 'fine'

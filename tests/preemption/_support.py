@@ -9,6 +9,7 @@ CSV, SQL, TensorBoard and W&B records.
 from __future__ import annotations
 
 import collections
+import contextlib
 import csv
 import dataclasses
 import json
@@ -26,15 +27,18 @@ from typing import Any
 import torch
 
 from drytorch.core.exceptions import REQUEUE_EXIT_CODE
-from tests.helpers.multiprocess import clean_environ, free_port
-from tests.helpers.multiprocess import torchrun_environ
+from tests.helpers.multiprocess import (
+    clean_environ,
+    free_port,
+    torchrun_environ,
+)
 
 HERE = pathlib.Path(__file__).resolve().parent
 ZYGOTE = HERE / '_zygote.py'
 WORKER = HERE / '_worker.py'
 EPOCHS = 3
-SINGLE_BATCHES = 6  # 96 samples, batches of 16
-VALIDATION_BATCHES = 3  # 40 samples, batches of 16
+SINGLE_BATCHES = 6  # steps per epoch: 96 samples by 16, or 48 per rank by 8
+VALIDATION_BATCHES = 3  # 40 samples by 16, or 20 per rank by 8
 REQUEUE = REQUEUE_EXIT_CODE
 
 
@@ -122,10 +126,8 @@ def _exited(pid: int) -> bool:
 
 
 def _kill_group(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 @dataclasses.dataclass
@@ -221,7 +223,9 @@ class Trial:
 
     # ------------------------------------------------------------ results
     def registry(self) -> dict[str, Any]:
-        data = json.loads((self.root / 'Preempt' / 'registry.json').read_text())
+        data = json.loads(
+            (self.root / 'Preempt' / 'registry.json').read_text()
+        )
         (record,) = [r for r in data['runs'] if r['run_id'] == 'run']
         return record
 

@@ -1,12 +1,12 @@
 """One attempt of a small seeded training, preemptable on cue.
 
-Run by the preemption tests as a real process (or as every rank of a
-gloo job, under ``run_distributed``).  The network has dropout and the
-schedule a plateau hook, so that the random state, the optimiser and the
-hooks all have to come back exactly for the weights to match an
-uninterrupted run.
+Run by the preemption tests as a real process: forked by ``_zygote.py``
+(one per rank, with torchrun's variables, for a gloo job) or started as
+a script.  The network has dropout and the schedule a plateau hook, so
+that the random state, the optimiser and the hooks all have to come back
+exactly for the weights to match an uninterrupted run.
 
-Cues, each for the first attempt of a test only:
+Cues, which a test gives to the first attempt only:
 
 - ``--signal-at K --signal-phase train`` sends ``--signal`` to this very
   process (on ``--signal-rank`` only) from inside the K-th training forward
@@ -17,7 +17,10 @@ Cues, each for the first attempt of a test only:
   checkpoint is being written, between the chunks of the file.
 - ``--slow-save S`` writes checkpoints in chunks with S seconds between
   them, so that a test can kill the process while the temporary file is
-  there.
+  there; ``--step-sleep S`` makes each training step last S seconds more.
+
+``--mixed-precision`` trains under autocast (with a gradient scaler on a
+GPU); the model goes to the GPU when there is one.
 
 At the end rank zero writes ``final.pt`` (model and optimiser state) in
 ``--out``.  The run directory is ``<root>/Preempt/runs/<run id>``.
@@ -153,7 +156,10 @@ def trackers(names: Sequence[str]) -> list[drytorch.Tracker]:
     return chosen
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(
+    argv: Sequence[str] | None = None, extra: Sequence[drytorch.Tracker] = ()
+) -> int:
+    """One attempt; ``extra`` trackers join those named by --trackers."""
     parser = argparse.ArgumentParser()
     parser.add_argument('--root', required=True)
     parser.add_argument('--run-id', default='run')
@@ -162,6 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--batch-size', type=int, default=16)
     parser.add_argument('--val-batch-size', type=int, default=16)
     parser.add_argument('--step-sleep', type=float, default=0.0)
+    parser.add_argument('--mixed-precision', action='store_true')
     parser.add_argument('--sync-every', type=int, default=None)
     parser.add_argument('--signal-at', type=int, default=0)
     parser.add_argument('--signal-phase', default='train')
@@ -182,12 +189,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     experiment = drytorch.Experiment(
         {'epochs': args.epochs}, name='Preempt', par_dir=args.root
     )
-    experiment.trackers.subscribe(*trackers(args.trackers.split(',')))
+    experiment.trackers.subscribe(*trackers(args.trackers.split(',')), *extra)
     with experiment.create_run(run_id=args.run_id, resume=args.resume):
         print(f'STARTED {time.time()!r}', flush=True)
         model = drytorch.Model(
             network(Cue(at, args.signal_phase, signum, args.step_sleep)),
             name='net',
+            mixed_precision=args.mixed_precision,
         )
         loss = drytorch.Loss(objectives.cross_entropy, 'CE')
         trainer = drytorch.Trainer(

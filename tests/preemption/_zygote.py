@@ -24,6 +24,7 @@ closes.
 from __future__ import annotations
 
 import atexit
+import importlib
 import json
 import os
 import pathlib
@@ -33,26 +34,28 @@ import traceback
 from typing import Any, NoReturn
 
 HERE = pathlib.Path(__file__).resolve().parent
+WARM = (
+    'torch',
+    'torch.utils.tensorboard',
+    'sqlalchemy',
+    'wandb',
+    'yaml',
+    'drytorch',
+    'drytorch.trackers.csv',
+    'drytorch.trackers.sqlalchemy',
+    'drytorch.trackers.tensorboard',
+    'drytorch.trackers.wandb',
+    'drytorch.trackers.yaml',
+)
 
 
 def warm() -> None:
     """Import what the worker needs, and what its first step imports."""
-    import sqlalchemy  # noqa: F401
-    import torch
-    import torch.utils.tensorboard  # noqa: F401
-    import wandb  # noqa: F401
-    import yaml  # noqa: F401
-
-    import drytorch  # noqa: F401
-    from drytorch.trackers import (  # noqa: F401
-        csv,
-        sqlalchemy as sql_tracker,
-        tensorboard,
-        wandb as wandb_tracker,
-    )
-
+    for name in WARM:
+        importlib.import_module(name)
     sys.path.insert(0, str(HERE))
-    import _worker  # noqa: F401
+    importlib.import_module('_worker')
+    import torch
 
     # building an optimiser imports torch's compiler stack (seconds)
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])

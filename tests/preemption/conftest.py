@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from drytorch.distributed.preemption import watcher
 from tests.helpers.kernel import isolated_kernel
 from tests.preemption._support import Trial, Zygote
 
@@ -26,8 +27,12 @@ def options(world_size: int, trackers: str = ALL_TRACKERS) -> list[str]:
 
 @pytest.fixture(autouse=True)
 def _kernel(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    with isolated_kernel(monkeypatch):
-        yield
+    """No default tracker, no launcher variable, no preemption flag left."""
+    try:
+        with isolated_kernel(monkeypatch):
+            yield
+    finally:
+        watcher.reset()
 
 
 @pytest.fixture(scope='session')

@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 
 from drytorch import Experiment, PreemptedExit
-from drytorch.core import exceptions
-from drytorch.core import experimenting
+from drytorch.core import exceptions, experimenting
 from drytorch.distributed import preemption
 from tests.helpers.multiprocess import REPO_ROOT
 from tests.preemption._support import (
@@ -221,9 +220,7 @@ def _job_state(job: str) -> dict[str, str]:
         timeout=30,
         check=True,
     ).stdout
-    return dict(
-        field.split('=', 1) for field in out.split() if '=' in field
-    )
+    return dict(field.split('=', 1) for field in out.split() if '=' in field)
 
 
 def _wait_for(
@@ -249,15 +246,21 @@ def test_preempted_job_is_requeued_by_slurm(
     """A batch job preempts itself, asks for a requeue and comes back.
 
     SLURM holds a requeued job for two minutes before it may start again;
-    the test lifts that hold (``StartTime=now``) once the job is pending.
+    the test lifts that hold (``StartTime=now``) once the job is pending
+    and its first start is over.
     """
     root = tmp_path / 'run'
     root.mkdir()
     script = tmp_path / 'job.sh'
+    # the first start preempts itself at its 8th step; the restart does not
     script.write_text(
         '#!/bin/bash\n'
+        'cue=""\n'
+        'if [ "${SLURM_RESTART_COUNT:-0}" = 0 ]; then\n'
+        '    cue="--signal-at 8"\n'
+        'fi\n'
         f'exec {sys.executable} {WORKER} --root {root} --out {root} '
-        '--trackers csv --signal-at 8\n'
+        '--trackers csv $cue\n'
     )
     env = base_environ()
     env['PYTHONPATH'] = os.pathsep.join(
@@ -287,6 +290,9 @@ def test_preempted_job_is_requeued_by_slurm(
         lambda s: s['Restarts'] == '1' and s['JobState'] == 'PENDING',
         timeout=120,
     )
+    # slurmd refuses to launch a job in the same second as it killed it
+    # (credential times have a resolution of a second): wait past it
+    time.sleep(2)
     subprocess.run(
         ['scontrol', 'update', f'JobId={job}', 'StartTime=now'],
         check=True,

@@ -85,9 +85,10 @@ def preempt_and_resume(
     chosen = trackers.split(',')
     assert_same_as(trial, reference, chosen)
     attempts = attempts_yaml(trial.run_dir)
-    assert [
-        (a['attempt'], a['resumed'], a['status']) for a in attempts
-    ] == [(1, False, 'preempted'), (2, True, 'completed')]
+    assert [(a['attempt'], a['resumed'], a['status']) for a in attempts] == [
+        (1, False, 'preempted'),
+        (2, True, 'completed'),
+    ]
     if 'wandb' in chosen:
         # one W&B file per attempt: the first marked as preempting, and
         # neither finished as failed

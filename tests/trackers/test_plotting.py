@@ -159,3 +159,19 @@ def test_empty_window_at_the_end_is_not_an_error(
         with exp.create_run():
             emit_epochs([1, 2])
     assert plotter.draws == []
+
+
+def test_repeated_and_late_epochs_keep_the_curve_sorted(
+    tmp_path: pathlib.Path,
+) -> None:
+    plotter = _Recorder()
+    exp = make_experiment(tmp_path, plotter)
+    with exp.create_run():
+        for epoch, loss in [(1, 1.0), (3, 3.0), (3, 3.5), (2, 2.0)]:
+            log_events.MetricEvent(
+                model_name='m',
+                source_name='train',
+                epoch=epoch,
+                metrics={'loss': loss},
+            )
+    assert plotter.series('m', 'loss')['train'] == ([1, 2, 3], [1.0, 2.0, 3.5])

@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import (
     EventAccumulator,
 )
 
+from drytorch.core import exceptions, log_events
 from drytorch.core.tracking import TrackerFailedWarning
 from drytorch.trackers.csv import CSVDumper
 from drytorch.trackers.tensorboard import TensorBoard
@@ -70,6 +71,82 @@ def test_resume_purges_what_the_earlier_attempt_wrote_past_it(
         assert [v for _, v in points] == pytest.approx(
             [want[s] for s in steps], rel=1e-6
         )
+
+
+Log = list[tuple[str, str, int]]  # (model, source, epoch), in order
+
+
+def _attempts_view(attempts: list[Log]) -> dict[str, dict[int, float]]:
+    """What every attempt leaves: a source's values are replaced from the
+    epoch at which it logs again."""
+    view: dict[str, dict[int, float]] = {}
+    for number, log in enumerate(attempts, start=1):
+        started: set[str] = set()
+        for model, source, epoch in log:
+            tag = f'{model}/{source}/loss'
+            points = view.setdefault(tag, {})
+            if tag not in started:
+                started.add(tag)
+                for step in [s for s in points if s >= epoch]:
+                    del points[step]
+            points[epoch] = epoch + number / 10
+    return view
+
+
+def _run_attempts(tmp_path: pathlib.Path, attempts: list[Log]) -> None:
+    exp = make_experiment(tmp_path, TensorBoard())
+    for number, log in enumerate(attempts, start=1):
+        try:
+            with exp.create_run('r', resume=number > 1):
+                for model, source, epoch in log:
+                    log_events.MetricEvent(
+                        model_name=model,
+                        source_name=source,
+                        epoch=epoch,
+                        metrics={'loss': epoch + number / 10},
+                    )
+                raise exceptions.PreemptedExit()
+        except exceptions.PreemptedExit:
+            pass
+
+
+@pytest.mark.parametrize(
+    'attempts',
+    [
+        # preempted before validating epoch 2: train's epoch 2 stays
+        [
+            [('m', 'train', 1), ('m', 'val', 1), ('m', 'train', 2)],
+            [('m', 'val', 2), ('m', 'train', 3), ('m', 'val', 3)],
+        ],
+        # a test source that does not log again keeps its value
+        [
+            [('m', 'train', 1), ('m', 'test', 2), ('m', 'train', 2)],
+            [('m', 'train', 2), ('m', 'train', 3)],
+        ],
+        # a second model restarts earlier than the first: two purges
+        [
+            [('a', 'train', e) for e in range(1, 7)]
+            + [('b', 'train', e) for e in range(1, 5)],
+            [('a', 'train', 5), ('b', 'train', 2), ('a', 'train', 6)],
+            [('b', 'train', 4), ('a', 'train', 7)],
+        ],
+    ],
+    ids=['mid-epoch', 'silent-source', 'two-models'],
+)
+def test_every_attempt_seam_keeps_each_epoch_once(
+    tmp_path: pathlib.Path, attempts: list[Log]
+) -> None:
+    _run_attempts(tmp_path, attempts)
+    log_dir = tmp_path / 't' / 'runs' / 'r' / 'tensorboard'
+    accumulator = EventAccumulator(str(log_dir), size_guidance={'scalars': 0})
+    accumulator.Reload()
+    for tag, want in _attempts_view(attempts).items():
+        points = [(s.step, s.value) for s in accumulator.Scalars(tag)]
+        steps = [step for step, _ in points]
+        assert len(steps) == len(set(steps)), f'{tag}: an epoch twice'
+        assert dict(points) == pytest.approx(want), tag
+    [config] = accumulator.Tensors('config/text_summary')
+    assert config.step == 0
 
 
 def test_given_folder_keeps_runs_apart(tmp_path: pathlib.Path) -> None:
