@@ -2,8 +2,9 @@
 
     python benchmarks/ddp_overhead.py [--nproc 2] [--device cpu] [--rounds 30]
 
-Starts ``--nproc`` ranks (torch.multiprocessing, torchrun's variables,
-gloo on CPU, NCCL on CUDA).  Every rank builds the same MLP twice (same
+Starts ``--nproc`` ranks (torch.multiprocessing, torchrun's variables;
+gloo with ``--device cpu``, NCCL with ``--device cuda``, whatever the
+machine has).  Every rank builds the same MLP twice (same
 initial weights) and the same synthetic data, then alternates, round after
 round, one training epoch of each variant:
 
@@ -289,7 +290,7 @@ def rank_main(
         }
     )
     import drytorch
-    from drytorch.distributed import teardown_distributed
+    from drytorch.distributed import init_distributed, teardown_distributed
 
     torch.manual_seed(config.seed)
     device = (
@@ -297,6 +298,23 @@ def rank_main(
         if config.device == 'cuda'
         else (torch.device('cpu'))
     )
+    # The backend follows --device, not the machine: a CPU run on a GPU
+    # machine must not get NCCL.  A world of one gets a group of one, the
+    # path that DRYTORCH_FORCE_PROCESS_GROUP=1 (set by main) enables.
+    backend = 'nccl' if device.type == 'cuda' else 'gloo'
+    if world > 1:
+        init_distributed(backend=backend)
+    else:
+        if device.type == 'cuda':
+            torch.cuda.set_device(device)
+        dist.init_process_group(
+            backend,
+            store=dist.HashStore(),
+            rank=0,
+            world_size=1,
+            device_id=device if device.type == 'cuda' else None,
+        )
+        init_distributed()
     data = make_data(config)
     with tempfile.TemporaryDirectory() as tmp:
         experiment = drytorch.Experiment(

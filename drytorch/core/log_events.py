@@ -199,6 +199,7 @@ class IterateBatchEvent(Event):
         dataset_size: samples in the whole data set, if known.
         num_batches: batches this loop will run, if known.
         start_batch: batches already done (non-zero when resuming).
+        model_name: the model the loop runs; empty if not said.
 
     """
 
@@ -210,6 +211,7 @@ class IterateBatchEvent(Event):
     push_updates: list[Callable[[Mapping[str, Any], int], None]] = (
         dataclasses.field(default_factory=list)
     )
+    model_name: str = ''
 
     def update(self, metrics: Mapping[str, Any], batches_done: int) -> None:
         """Push the running metrics and progress to the trackers."""

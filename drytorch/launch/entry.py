@@ -8,7 +8,9 @@ hands back its result.  When the function ends with
 checkpointed after a preemption signal), every rank meets once more, rank
 zero alone requeues the job and says so, and every rank exits with the
 status that means "requeue me", without a result: submitit keeps waiting
-for the requeued attempt, which resumes the same run.
+for the requeued attempt, which resumes the same run.  A run stopped by
+SIGTERM (``scancel``) checkpoints too, but is not requeued: that would undo
+the cancel.
 
 Why drytorch requeues and not submitit: submitit's own SIGUSR2 handler
 checkpoints and requeues inside the handler, on rank zero only, at whatever
@@ -36,6 +38,7 @@ from typing import Any
 
 from drytorch.core.exceptions import REQUEUE_EXIT_CODE
 from drytorch.distributed import init_distributed, ranks, teardown_distributed
+from drytorch.distributed.preemption import watcher
 from drytorch.launch.errors import InvalidLaunchError, LaunchError
 from drytorch.launch.tasks import DebugTask, Task
 
@@ -210,17 +213,32 @@ class DistributedJob:
 
     @staticmethod
     def _requeue(task: Task) -> int | None:
-        """All ranks meet, then the task requeues the job (rank zero)."""
+        """Rank zero decides whether to requeue; every rank takes part.
+
+        SIGUSR2 (SIGUSR1) is what SLURM sends before the time limit and on
+        preemption: requeue.  SIGTERM is ``scancel`` (or SLURM ending a job
+        it will requeue itself): the checkpoint is kept, but requeueing
+        would undo the user's cancel.
+        """
         if isinstance(task, DebugTask):
             return task.requeue()
         # A second signal must not reach submitit's handler (back in place
         # now that the run has stopped) and requeue the job twice.
         for sig in (signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, signal.SIG_IGN)
-        # Every rank raised PreemptedExit at the same step; waiting here
-        # keeps rank zero from requeueing (which ends the job) while
-        # another rank is still finishing its part.
-        ranks.barrier()
+        # Every rank raised PreemptedExit at the same step.  The broadcast
+        # hands rank zero's decision to all, and keeps rank zero from
+        # requeueing (which ends the job) while a rank is still finishing.
+        stopped_by = watcher.signum
+        requeue = ranks.broadcast_object(stopped_by != signal.SIGTERM)
+        if not requeue:
+            task.say(
+                'the run checkpointed after SIGTERM (scancel, or SLURM '
+                'ending the job): not requeueing. A job that SLURM preempts '
+                'is requeued by SLURM and resumes; to continue a cancelled '
+                'one, submit it again with create_run(resume=True).'
+            )
+            return REQUEUE_EXIT_CODE
         task.say('the run checkpointed after a preemption signal.')
         return task.requeue()
 

@@ -173,6 +173,7 @@ class Runner:
             dataset_size=plan.num_samples,
             num_batches=total,
             start_batch=start_batch,
+            model_name=self.model.name,
         )
         alone = not ranks.is_distributed()
         since = 0

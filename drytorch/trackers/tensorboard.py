@@ -1,9 +1,12 @@
 """Metrics as TensorBoard scalars, and optionally a TensorBoard server.
 
-Scalars are tagged ``model/source/metric`` and stepped by epoch; the
-configuration and tags are written as text.  A resumed run reopens its log
-directory and purges what the earlier attempt wrote past its checkpoint
-(see :class:`_Seam`), so that no epoch shows twice.
+Epoch-level scalars are tagged ``model/source/metric`` and stepped by epoch;
+the running means that loops push at their sync points are tagged
+``batch/model/source/metric`` and stepped by a global batch count (see
+``_tensorboard_batches``); the configuration and tags are written as text.
+A resumed run reopens its log directory and purges what the earlier attempt
+wrote past its checkpoint (see ``_tensorboard_files.Seam``), so that no
+epoch, and no step, shows twice.
 """
 
 from __future__ import annotations
@@ -12,17 +15,14 @@ import functools
 import json
 import logging
 import pathlib
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from typing_extensions import override
 
 from drytorch.core import exceptions, log_events
+from drytorch.trackers._tensorboard_batches import BatchScalars
+from drytorch.trackers._tensorboard_files import Seam, wait_for_a_later_second
+from drytorch.trackers._tensorboard_server import TensorBoardServer
 from drytorch.trackers.base_classes import Dumper, config_dict
 from drytorch.trackers.logging import InfoLevels
 
@@ -51,9 +51,17 @@ class TensorBoard(Dumper):
     id>``, so that a server started on ``<par_dir>/tensorboard`` lists the
     runs side by side.
 
-    A resumed attempt appends to the same folder; where a source logs an
-    epoch again, TensorBoard is told to purge from that epoch and what is
-    still valid after it is written again, so every epoch shows once.
+    Batch-level values go to ``batches/<model>/<source>`` in the log
+    directory, one TensorBoard run per model and source, tagged
+    ``batch/<model>/<source>/<metric>``.  Their step is the global batch:
+    ``(epoch - 1) * batches per epoch + batches done`` for training, and
+    ``epoch * batches per pass + batches done`` for an evaluation of the
+    model at ``epoch``.
+
+    A resumed attempt appends to the same folders; where a source logs an
+    epoch (or a step) again, TensorBoard is told to purge from there and
+    what is still valid after it is written again, so every epoch and every
+    step shows once.
 
     Args:
         par_dir: the folder; the run's folder when None.
@@ -61,6 +69,7 @@ class TensorBoard(Dumper):
             print its address, and stop it when the run stops.
         port: the server's port; a free one when None.
         server_timeout: seconds to wait for the server to answer.
+        log_batches: also write the running metrics of each sync point.
 
     """
 
@@ -70,6 +79,7 @@ class TensorBoard(Dumper):
         start_server: bool = False,
         port: int | None = None,
         server_timeout: float = 60.0,
+        log_batches: bool = True,
     ) -> None:
         if not is_available():
             raise exceptions.MissingDependencyError(
@@ -79,13 +89,18 @@ class TensorBoard(Dumper):
         self.start_server = start_server
         self.port = port
         self.server_timeout = server_timeout
-        self.url: str | None = None
+        self.log_batches = log_batches
         self._writer: SummaryWriter | None = None
         self._log_dir: pathlib.Path | None = None
         self._text: dict[str, str] = {}
-        self._seam: _Seam | None = None
-        self._server: subprocess.Popen[bytes] | None = None
-        self._server_output: IO[bytes] | None = None
+        self._seam: Seam | None = None
+        self._batches: BatchScalars | None = None
+        self._server: TensorBoardServer | None = None
+
+    @property
+    def url(self) -> str | None:
+        """The server's address while it runs."""
+        return None if self._server is None else self._server.url
 
     @property
     def root_dir(self) -> pathlib.Path:
@@ -115,11 +130,48 @@ class TensorBoard(Dumper):
             'config': _indent(config),
             'tags': ', '.join(event.tags) or '(none)',
         }
+        if self.log_batches:
+            self._batches = BatchScalars(self._log_dir / 'batches')
         if self.start_server:
-            self._start_server()
+            self._server = TensorBoardServer(
+                self.root_dir, self.port, self.server_timeout
+            )
+            url = self._server.start()
+            _logger.log(InfoLevels.experiment, 'TensorBoard serves at %s', url)
+
+    @notify.register
+    def _(self, event: log_events.LoadModelEvent) -> None:
+        if self._batches is not None:
+            self._batches.epochs_done(event.model_name, event.epoch)
+        return super().notify(event)
+
+    @notify.register
+    def _(self, event: log_events.StartEpochEvent) -> None:
+        if self._batches is not None:
+            self._batches.epochs_done(event.model_name, event.epoch - 1)
+            self._batches.source_of(event.source_name, event.model_name)
+        return super().notify(event)
+
+    @notify.register
+    def _(self, event: log_events.StartTestEvent) -> None:
+        if self._batches is not None:
+            self._batches.source_of(event.source_name, event.model_name)
+        return super().notify(event)
+
+    @notify.register
+    def _(self, event: log_events.IterateBatchEvent) -> None:
+        batches = self._raise_push_failure()
+        if batches is not None:
+            self._check_dir()
+            event.push_updates.append(batches.start_pass(event))
+        return super().notify(event)
 
     @notify.register
     def _(self, event: log_events.MetricEvent) -> None:
+        batches = self._raise_push_failure()
+        if batches is not None:
+            batches.epochs_done(event.model_name, event.epoch)
+            batches.source_of(event.source_name, event.model_name)
         writer = self._open()
         prefix = f'{event.model_name}/{event.source_name}/'
         seam = self._seam
@@ -138,11 +190,13 @@ class TensorBoard(Dumper):
 
     @notify.register
     def _(self, event: log_events.EndEpochEvent) -> None:
+        self._raise_push_failure()
         self._flush()
         return super().notify(event)
 
     @notify.register
     def _(self, event: log_events.EndTestEvent) -> None:
+        self._raise_push_failure()
         self._flush()
         return super().notify(event)
 
@@ -154,33 +208,59 @@ class TensorBoard(Dumper):
 
     @override
     def clean_up(self) -> None:
-        """Flush and close the writer, stop the server."""
+        """Flush and close the writers, stop the server."""
         writer, self._writer = self._writer, None
+        batches, self._batches = self._batches, None
         log_dir, self._log_dir = self._log_dir, None
         self._text = {}
         self._seam = None
         try:
-            if writer is not None:
-                writer.close()
+            try:
+                if batches is not None:
+                    batches.close()
+            finally:
+                if writer is not None:
+                    writer.close()
         except OSError:
             # the folder was removed under the writer: already reported
             if log_dir is None or log_dir.is_dir():
                 raise
         finally:
-            self._stop_server()
+            server, self._server = self._server, None
+            if server is not None:
+                server.stop()
         return super().clean_up()
 
     def _flush(self) -> None:
-        """Wait until the writer's thread has written the epoch.
+        """Wait until the writers' threads have written the epoch.
 
         A killed process then loses no finished epoch, and no write of the
         epoch outlives it (into a folder removed meanwhile, say).
         """
         if self._writer is not None:
             self._writer.flush()
+        if self._batches is not None:
+            self._batches.flush()
 
-    def _open(self) -> SummaryWriter:
-        """The writer, created at the first write; checks the folder."""
+    def _raise_push_failure(self) -> BatchScalars | None:
+        """The batch-level writer; raises what failed in a push since.
+
+        A push runs inside the training loop, where it must not raise; its
+        error comes out here, at the next event, and unsubscribes the
+        tracker as any other failure does.
+        """
+        batches = self._batches
+        if batches is None or batches.failure is None:
+            return batches
+        failure = batches.failure
+        if isinstance(failure, exceptions.TrackerError):
+            raise failure
+        raise exceptions.TrackerError(
+            f'Writing batch-level scalars failed: {failure!r}'
+        ) from failure
+
+    def _check_dir(self) -> pathlib.Path:
+        """The log directory, if it is still there."""
         log_dir = self._log_dir
         if log_dir is None:
             raise exceptions.NoActiveRunError('TensorBoard')
@@ -191,15 +271,20 @@ class TensorBoard(Dumper):
                 f'The TensorBoard log directory {log_dir} was removed '
                 'during the run; keep it until the run stops'
             )
+        return log_dir
+
+    def _open(self) -> SummaryWriter:
+        """The writer, created at the first write; checks the folder."""
+        log_dir = self._check_dir()
         if self._writer is not None:
             return self._writer
         from torch.utils.tensorboard import SummaryWriter
 
         if self.resumed:
-            _wait_for_a_later_second(log_dir)
+            wait_for_a_later_second(log_dir)
         writer = SummaryWriter(str(log_dir))
         if self.resumed:  # the first attempt wrote the text already
-            self._seam = _Seam(log_dir)
+            self._seam = Seam(log_dir)
         else:
             self._write_text(writer)
         self._writer = writer
@@ -208,163 +293,6 @@ class TensorBoard(Dumper):
     def _write_text(self, writer: SummaryWriter) -> None:
         for tag, text in self._text.items():
             writer.add_text(tag, text, 0)
-
-    def _start_server(self) -> None:
-        self._stop_server()
-        port = self.port or _free_port()
-        command = [
-            sys.executable,
-            '-m',
-            'tensorboard.main',
-            '--logdir',
-            str(self.root_dir),
-            '--host',
-            '127.0.0.1',
-            '--port',
-            str(port),
-        ]
-        # kept open while the server runs; closed in _stop_server
-        self._server_output = tempfile.TemporaryFile()  # noqa: SIM115
-        self._server = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=self._server_output,
-            stderr=subprocess.STDOUT,
-        )
-        url = f'http://127.0.0.1:{port}/'
-        self._wait_for(url)
-        self.url = url
-        _logger.log(InfoLevels.experiment, 'TensorBoard serves at %s', url)
-
-    def _wait_for(self, url: str) -> None:
-        deadline = time.monotonic() + self.server_timeout
-        server = self._server
-        while server is not None and time.monotonic() < deadline:
-            if server.poll() is not None:
-                raise exceptions.TrackerError(
-                    f'TensorBoard exited with status {server.returncode}: '
-                    f'{self._server_tail()}'
-                )
-            if _answers(url):
-                return
-            time.sleep(0.1)
-        tail = self._server_tail()
-        self._stop_server()
-        raise exceptions.TrackerError(
-            f'TensorBoard did not answer at {url} within '
-            f'{self.server_timeout} s (server_timeout): {tail}'
-        )
-
-    def _server_tail(self) -> str:
-        output = self._server_output
-        if output is None:
-            return ''
-        output.seek(0)
-        text = output.read().decode(errors='replace').strip()
-        return text[-1000:] or '(no output)'
-
-    def _stop_server(self) -> None:
-        server, self._server = self._server, None
-        self.url = None
-        if server is not None and server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-        if self._server_output is not None:
-            self._server_output.close()
-            self._server_output = None
-
-
-class _Seam:
-    """Joins a resumed attempt to the scalars of the earlier ones.
-
-    A source's values are stale from the epoch at which it logs again in
-    this attempt, but TensorBoard's only purge, a restart marker at a step,
-    hides every tag's values from that step on.  So the valid values are
-    read back first, and when a source logs again below values it already
-    has, the purge is followed by writing again every value that is still
-    valid past that step.  What TensorBoard shows is then right after every
-    event, also if the process is killed before it can clean up.
-    """
-
-    def __init__(self, log_dir: pathlib.Path) -> None:
-        from tensorboard.backend.event_processing import event_accumulator
-
-        reader = event_accumulator.EventAccumulator(
-            str(log_dir), size_guidance={event_accumulator.SCALARS: 0}
-        )
-        reader.Reload()
-        self.valid: dict[str, dict[int, float]] = {
-            tag: {int(s.step): s.value for s in reader.Scalars(tag)}
-            for tag in reader.Tags()[event_accumulator.SCALARS]
-        }
-        self.started: set[str] = set()
-
-    def restart(self, writer: SummaryWriter, prefix: str, epoch: int) -> bool:
-        """A source logs again from ``epoch``; True if that purged."""
-        self.started.add(prefix)
-        stale = False
-        for tag, points in self.valid.items():
-            if tag.startswith(prefix):
-                for step in [s for s in points if s >= epoch]:
-                    del points[step]
-                    stale = True
-        if not stale:  # an exact resume: nothing to hide
-            return False
-        _purge(writer, epoch)
-        for tag, points in self.valid.items():
-            for step, value in sorted(points.items()):
-                if step >= epoch:
-                    writer.add_scalar(tag, value, step)
-        return True
-
-    def record(self, tag: str, step: int, value: float) -> None:
-        """A value of this attempt, to write again after a later purge."""
-        self.valid.setdefault(tag, {})[step] = value
-
-
-def _wait_for_a_later_second(log_dir: pathlib.Path) -> None:
-    """Make this attempt's event file sort after the earlier ones' files.
-
-    TensorBoard reads a folder's files in name order, and a name starts
-    with the second the file was created; within one second the order is
-    left to the process id and a counter.  A resume in the same second as
-    the previous attempt (the same process, in practice) waits for the next
-    second.
-    """
-    latest = 0
-    for path in log_dir.glob('events.out.tfevents.*'):
-        created = path.name.split('.')[3]
-        if created.isdigit():
-            latest = max(latest, int(created))
-    while int(time.time()) <= latest:
-        time.sleep(0.02)
-
-
-def _purge(writer: SummaryWriter, step: int) -> None:
-    """Hide every scalar from ``step`` on: a restart marker."""
-    from tensorboard.compat.proto.event_pb2 import Event, SessionLog
-
-    marker = Event(step=step, session_log=SessionLog(status=SessionLog.START))
-    file_writer: Any = writer.file_writer
-    file_writer.add_event(marker)
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return bool(response.status < 500)
-    except OSError:  # URLError and timeouts included
-        return False
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(('127.0.0.1', 0))
-        return int(sock.getsockname()[1])
 
 
 def _indent(text: str) -> str:

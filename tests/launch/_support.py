@@ -38,12 +38,18 @@ class RunOutputs:
         assert self.csv == other.csv
 
 
+def read_record(par_dir: Path) -> dict[str, Any]:
+    """The registry record of the one demo run under ``par_dir``."""
+    registry = par_dir / 'Digits' / 'registry.json'
+    records = json.loads(registry.read_text())['runs']
+    assert len(records) == 1, records
+    return dict(records[0])
+
+
 def read_run(par_dir: Path, epochs: int = EPOCHS) -> RunOutputs:
     """The one run of the demo experiment under ``par_dir``."""
-    exp = par_dir / 'Digits'
-    records = json.loads((exp / 'registry.json').read_text())['runs']
-    assert len(records) == 1, records
-    run_dir = exp / 'runs' / records[0]['run_id']
+    record = read_record(par_dir)
+    run_dir = par_dir / 'Digits' / 'runs' / record['run_id']
     state = torch.load(
         run_dir / 'checkpoints' / 'mlp' / f'epoch_{epochs:06d}.pt',
         weights_only=False,
@@ -52,7 +58,7 @@ def read_run(par_dir: Path, epochs: int = EPOCHS) -> RunOutputs:
         path.name: path.read_text()
         for path in sorted((run_dir / 'csv_metrics' / 'mlp').glob('*.csv'))
     }
-    return RunOutputs(records[0], state['model']['module'], csv)
+    return RunOutputs(record, state['model']['module'], csv)
 
 
 def assert_no_duplicate_rows(outputs: RunOutputs) -> None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from drytorch.core.exceptions import REQUEUE_EXIT_CODE, PreemptedExit
 from drytorch.distributed import detect_environment
+from drytorch.distributed.preemption import watcher
 from drytorch.launch import (
     DistributedJob,
     InvalidLaunchError,
@@ -251,3 +254,31 @@ def test_the_current_task_follows_the_executor(
 def test_job_failed_error_carries_the_log_path() -> None:
     err = JobFailedError('died', '12', '/logs/12_0_log.err')
     assert (err.job_id, err.stderr_path) == ('12', '/logs/12_0_log.err')
+
+
+@pytest.fixture
+def restore_signals() -> Iterator[None]:
+    """The handlers of USR1 and USR2 as they were before the test."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGUSR2)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+    watcher.reset()
+
+
+def test_rank_zero_requeues_after_usr2_not_after_sigterm(
+    tmp_path: Path, restore_signals: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    restarts = tmp_path / '9_restarts'
+    task = LocalTask('9', restarts_file=restarts)
+    watcher.reset()
+    watcher._handle(signal.SIGTERM, None)  # scancel
+    assert DistributedJob._requeue(task) == REQUEUE_EXIT_CODE
+    assert not restarts.exists()
+    assert 'after SIGTERM (scancel' in capsys.readouterr().err
+    watcher.reset()
+    watcher._handle(signal.SIGUSR2, None)  # preemption, time limit
+    assert DistributedJob._requeue(task) == LOCAL_REQUEUE_EXIT_CODE
+    assert restarts.read_text() == '1\n'
+    # a second signal can no longer reach submitit's requeueing handler
+    assert signal.getsignal(signal.SIGUSR2) is signal.SIG_IGN

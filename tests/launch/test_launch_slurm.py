@@ -26,8 +26,10 @@ from tests.launch._support import (
     TASKS,
     RunOutputs,
     assert_no_duplicate_rows,
+    read_record,
     read_run,
     sacct_state,
+    squeue_state,
     start_requeued_now,
     wait_for,
 )
@@ -55,6 +57,7 @@ def _run_preempted(
     partition: str,
     jobs: Any,
     preempt: Callable[[str], None],
+    requeued: bool = True,
 ) -> tuple[dict[str, float], RunOutputs, Any]:
     markers = root / 'markers'
     markers.mkdir()
@@ -78,7 +81,10 @@ def _run_preempted(
         f'both ranks of job {job.job_id} to finish epoch {PAUSE_AFTER}',
     )
     preempt(job.job_id)
-    start_requeued_now(job.job_id)
+    if requeued:
+        start_requeued_now(job.job_id)
+    else:
+        job.result_grace_s = 3.0
     metrics = job.result(timeout_s=300)
     return metrics, read_run(root / 'exp'), job
 
@@ -154,6 +160,36 @@ def test_priority_preemption_requeues_and_resumes(
         for job_id in urgent:
             subprocess.run(['scancel', job_id], check=False, timeout=30)
     _check_resumed(reference, metrics, outputs, job)
+
+
+def test_scancel_checkpoints_but_is_not_undone(
+    slurm_cluster: Any,
+    jobs_by_value: Any,
+    single_threaded: None,
+    tmp_path: Path,
+) -> None:
+    def cancel(job_id: str) -> None:
+        subprocess.run(['scancel', job_id], check=True, timeout=30)
+
+    with pytest.raises(
+        JobFailedError, match=r'ended \(state CANCELLED'
+    ) as info:
+        _run_preempted(
+            tmp_path,
+            slurm_cluster.partition,
+            jobs_by_value,
+            cancel,
+            requeued=False,
+        )
+    job_id = info.value.job_id
+    # a requeued job would come back as PENDING; a cancelled one leaves
+    wait_for(lambda: squeue_state(job_id) == '', 60, f'job {job_id} to go')
+    assert sacct_state(job_id).startswith('CANCELLED')
+    log = Path(info.value.stderr_path).read_text()
+    assert 'the run checkpointed after SIGTERM (scancel' in log
+    assert 'requeued with' not in log
+    record = read_record(tmp_path / 'exp')
+    assert (record['status'], record['attempts']) == ('preempted', 1)
 
 
 def test_sbatch_template_gives_the_same_result(

@@ -51,9 +51,7 @@ def build() -> drytorch.Trainer:
     )
     trainer = drytorch.Trainer(
         model,
-        loader=drytorch.DataLoader(
-            _support.regression_data(64), 8, seed=7
-        ),
+        loader=drytorch.DataLoader(_support.regression_data(64), 8, seed=7),
         loss=drytorch.Loss('MSE'),
         learning_schema=schema,
     )

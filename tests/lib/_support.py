@@ -69,4 +69,3 @@ class CallCounter:
         if self.calls == self.bad_call:
             return value * float('nan')
         return value
-

@@ -25,10 +25,8 @@ from tests.lib import _support
 WORKER = pathlib.Path(__file__).with_name('_checkpoint_worker.py')
 
 
-def weights(trainer) -> dict[str, torch.Tensor]:  # noqa: ANN001
-    return {
-        k: v.clone() for k, v in trainer.model.module.state_dict().items()
-    }
+def weights(trainer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in trainer.model.module.state_dict().items()}
 
 
 def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -141,7 +139,7 @@ def test_a_corrupt_checkpoint_is_skipped_with_a_warning(
 
 def test_no_checkpoint_is_a_clear_error(store: LocalCheckpoint) -> None:
     with pytest.raises(
-        exceptions.CheckpointNotFoundError, match='any epoch.*save_checkpoint'
+        exceptions.CheckpointNotFoundError, match=r'any epoch.*save_checkpoint'
     ):
         store.load(-1)
 

@@ -34,9 +34,7 @@ def test_model_picks_this_process_device() -> None:
     model = drytorch.Model(torch.nn.Linear(2, 2))
     expected = 'cuda' if torch.cuda.is_available() else 'cpu'
     assert model.device.type == expected
-    assert all(
-        p.device.type == expected for p in model.module.parameters()
-    )
+    assert all(p.device.type == expected for p in model.module.parameters())
     on_cpu = drytorch.Model(torch.nn.Linear(2, 2), device='cpu')
     assert on_cpu.device == torch.device('cpu')
 

@@ -41,7 +41,7 @@ def test_composed_loss_reports_the_total_and_each_component() -> None:
         (lambda mse, mae: 2 * (mse + mae), 14.0),
     ],
 )
-def test_loss_arithmetic(build, expected: float) -> None:  # noqa: ANN001
+def test_loss_arithmetic(build, expected: float) -> None:
     loss = build(drytorch.Loss('MSE'), drytorch.Loss('MAE'))
     assert loss.compute(OUTPUTS, TARGETS)['Loss'].item() == pytest.approx(
         expected
@@ -129,7 +129,7 @@ def test_unknown_built_in_lists_the_built_ins() -> None:
 )
 def test_built_ins_by_name_equal_the_per_sample_functions_mean(
     name: str, per_sample, targets: torch.Tensor
-) -> None:  # noqa: ANN001
+) -> None:
     outputs = torch.randn(6, 2)
     value = drytorch.Loss(name).compute(outputs, targets)[name]
     expected = per_sample(outputs, targets).mean()

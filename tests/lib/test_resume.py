@@ -40,8 +40,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
 
 def _csv(folder: pathlib.Path, run: str, source: str) -> list[str]:
     path = (
-        folder / 'experiments' / 'Resume' / 'runs' / run / 'csv_metrics'
-    ) / 'net' / f'{source}.csv'
+        (folder / 'experiments' / 'Resume' / 'runs' / run / 'csv_metrics')
+        / 'net'
+        / f'{source}.csv'
+    )
     return path.read_text().splitlines()
 
 

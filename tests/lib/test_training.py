@@ -38,7 +38,9 @@ def flow(recorder: RecordingTracker) -> list[str]:
         if not isinstance(event, FLOW):
             continue
         name = type(event).__name__.removesuffix('Event')
-        if isinstance(event, log_events.MetricEvent | log_events.StartEpochEvent):
+        if isinstance(
+            event, log_events.MetricEvent | log_events.StartEpochEvent
+        ):
             name += f'({getattr(event, "source_name", "")}, {event.epoch})'
         names.append(name)
     return names
@@ -145,7 +147,11 @@ def test_terminate_training_stops_after_the_epoch(
     trainer.post_epoch_hooks.append(stop_at_two)
     trainer.train(5)
     assert trainer.model.epoch == 2
-    assert flow(recorder)[-3:] == ['EndEpoch', 'TerminatedTraining', 'EndTraining']
+    assert flow(recorder)[-3:] == [
+        'EndEpoch',
+        'TerminatedTraining',
+        'EndTraining',
+    ]
     (terminated,) = recorder.of_type(log_events.TerminatedTrainingEvent)
     assert (terminated.epoch, terminated.reason) == (2, 'enough')
     trainer.train(1)  # a later call trains again
@@ -282,7 +288,7 @@ def test_trainer_refuses_what_is_not_a_loss_or_loader() -> None:
     model = drytorch.Model(_support.linear(), device='cpu')
     loader = drytorch.DataLoader(_support.regression_data(), 8)
     schema = LearningSchema.SGD(0.1)
-    with pytest.raises(TypeError, match='must be a drytorch.Loss'):
+    with pytest.raises(TypeError, match=r'must be a drytorch\.Loss'):
         drytorch.Trainer(
             model,
             loader=loader,

@@ -300,6 +300,21 @@ def sql_records(run_dir: pathlib.Path) -> Records:
     return dict(found)
 
 
+def sql_run(run_dir: pathlib.Path) -> tuple[str, int]:
+    """The status and attempt count of the run in the SQL database."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(f'sqlite:///{run_dir / "metrics.db"}')
+    try:
+        with engine.connect() as conn:
+            status, attempts = conn.execute(
+                sa.text("SELECT status, attempts FROM runs WHERE name = 'run'")
+            ).one()
+    finally:
+        engine.dispose()
+    return status, attempts
+
+
 def tensorboard_records(run_dir: pathlib.Path) -> Records:
     """Scalars as TensorBoard shows them (purged steps left out)."""
     from tensorboard.backend.event_processing.event_accumulator import (

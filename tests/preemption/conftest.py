@@ -38,6 +38,11 @@ def _kernel(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.fixture(scope='session')
 def zygote() -> Iterator[Zygote]:
     """The warm parent of every attempt, for the whole session."""
+    for module in ('sqlalchemy', 'tensorboard', 'wandb', 'yaml'):
+        # the attempts log to every tracker
+        pytest.importorskip(
+            module, reason=f"{module} is missing: pip install -e '.[all]'"
+        )
     parent = Zygote()
     try:
         yield parent

@@ -24,6 +24,7 @@ from tests.preemption._support import (
     assert_same_as,
     attempts_yaml,
     checkpoint_name,
+    sql_run,
     wandb_endings,
 )
 from tests.preemption.conftest import options
@@ -69,6 +70,9 @@ def preempt_and_resume(
     assert codes == [REQUEUE] * trial.world_size, trial.logs()
     record = trial.registry()
     assert (record['status'], record['attempts']) == ('preempted', 1)
+    chosen = trackers.split(',')
+    if 'sql' in chosen:
+        assert sql_run(trial.run_dir) == ('preempted', 1)
     epoch, batch, phase = position
     name = checkpoint_name(epoch, batch)
     assert trial.checkpoints() == [name, 'latest'], trial.logs()
@@ -82,7 +86,8 @@ def preempt_and_resume(
     assert codes == [0] * trial.world_size, trial.logs()
     record = trial.registry()
     assert (record['status'], record['attempts']) == ('completed', 2)
-    chosen = trackers.split(',')
+    if 'sql' in chosen:
+        assert sql_run(trial.run_dir) == ('completed', 2)
     assert_same_as(trial, reference, chosen)
     attempts = attempts_yaml(trial.run_dir)
     assert [(a['attempt'], a['resumed'], a['status']) for a in attempts] == [

@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import os
 import pathlib
 import shutil
+import signal
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import pytest
 
 pytest.importorskip('tensorboard', reason='tensorboard is not installed')
 
+import torch
 from tensorboard.backend.event_processing.event_accumulator import (
     EventAccumulator,
 )
+from typing_extensions import override
 
+import drytorch
 from drytorch.core import exceptions, log_events
-from drytorch.core.tracking import TrackerFailedWarning
+from drytorch.core.tracking import Tracker, TrackerFailedWarning
 from drytorch.trackers.csv import CSVDumper
 from drytorch.trackers.tensorboard import TensorBoard
 from tests.trackers._support import (
@@ -175,11 +183,12 @@ def test_server_answers_on_loopback_and_stops(
         with urllib.request.urlopen(url + 'data/logdir', timeout=10) as page:
             shown = json.loads(page.read())
         assert pathlib.Path(shown['logdir']) == exp.run.dir / 'tensorboard'
-        server = board._server
+        assert board._server is not None
+        process = board._server.process
     logger.removeHandler(caplog.handler)
     assert url in caplog.text
-    assert server is not None
-    assert server.poll() is not None, 'the server must stop with the run'
+    assert process is not None
+    assert process.poll() is not None, 'the server must stop with the run'
     assert board.url is None
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url, timeout=5)
@@ -203,3 +212,267 @@ def test_removed_log_folder_drops_only_this_tracker(
         epochs, metrics = csv.load_metrics('m')[source]
         assert epochs == [1, 2, 3, 4]
         assert metrics['loss'] == [value(e, source) for e in epochs]
+
+
+# ------------------------------------------------------------ batch level
+# 40 training samples in batches of 8 and 24 validation samples: 5 and 3
+# batches a pass; with a sync every 2 steps a pass pushes at 2, 4, 5 and at
+# 2, 3.  Training epoch e covers the steps (e - 1) * 5 + 1 to e * 5, the
+# validation after it e * 3 + 1 to (e + 1) * 3.
+TRAIN_STEPS = [2, 4, 5, 7, 9, 10, 12, 14, 15]
+VAL_STEPS = [5, 6, 8, 9, 11, 12]
+
+
+def _batch_dir(exp: drytorch.Experiment[Any], source: str) -> pathlib.Path:
+    log_dir = exp.par_dir / 't' / 'runs' / 'r' / 'tensorboard'
+    return log_dir / 'batches' / 'net' / source
+
+
+def _batch_points(
+    exp: drytorch.Experiment[Any], source: str, metric: str = 'loss'
+) -> list[tuple[int, float]]:
+    folder = _batch_dir(exp, source)
+    accumulator = EventAccumulator(str(folder), size_guidance={'scalars': 0})
+    accumulator.Reload()
+    tag = f'batch/net/{source}/{metric}'
+    assert accumulator.Tags()['scalars'] == [tag]
+    return [(s.step, s.value) for s in accumulator.Scalars(tag)]
+
+
+class Pushes(Tracker):
+    """The running metrics each source's loops push, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: dict[str, list[float]] = {}
+
+    @functools.singledispatchmethod
+    @override
+    def notify(self, event: log_events.Event) -> None:
+        return super().notify(event)
+
+    @notify.register
+    def _(self, event: log_events.IterateBatchEvent) -> None:
+        values = self.values.setdefault(event.source_name, [])
+
+        def push(metrics: Mapping[str, Any], done: int) -> None:
+            values.append(float(metrics['loss']))
+
+        event.push_updates.append(push)
+        return super().notify(event)
+
+
+class Cue(torch.nn.Module):
+    """A linear layer that preempts its process at a training pass."""
+
+    def __init__(self, at: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(3, 1)
+        self.at = at
+        self.passes = 0
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.passes += 1
+            if self.passes == self.at:  # a real signal, as SLURM sends
+                os.kill(os.getpid(), signal.SIGUSR2)
+        return self.linear(inputs)
+
+
+def _data(n: int, seed: int) -> torch.utils.data.TensorDataset:
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(n, 3, generator=generator)
+    targets = inputs @ torch.tensor([[1.0], [-2.0], [0.5]])
+    return torch.utils.data.TensorDataset(inputs, targets)
+
+
+def _trainer(at: int = 0, scale: float = 1.0) -> drytorch.Trainer:
+    """A trainer of a small regression; ``scale`` multiplies its loss."""
+
+    def loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return scale * (outputs - targets).square().flatten(1).mean(1)
+
+    trainer = drytorch.Trainer(
+        drytorch.Model(Cue(at), name='net', device='cpu'),
+        loader=drytorch.DataLoader(_data(40, 0), 8, seed=0),
+        loss=drytorch.Loss(loss, 'loss'),
+        learning_schema=drytorch.LearningSchema.SGD(0.05),
+        sync_every=2,
+    )
+    trainer.add_validation(drytorch.DataLoader(_data(24, 1), 8))
+    return trainer
+
+
+def _attempt(
+    exp: drytorch.Experiment[Any],
+    script: Callable[[], None],
+    resume: bool = False,
+) -> None:
+    try:
+        with exp.create_run('r', resume=resume):
+            script()
+    except exceptions.PreemptedExit:
+        pass
+
+
+def test_batch_scalars_of_a_training_against_the_global_step(
+    tmp_path: pathlib.Path,
+) -> None:
+    pushes = Pushes()
+    exp = make_experiment(tmp_path, TensorBoard(), pushes)
+    _attempt(exp, lambda: _trainer().train(3))
+    log_dir = tmp_path / 't' / 'runs' / 'r' / 'tensorboard'
+    for source, steps in (('Trainer', TRAIN_STEPS), ('Validation', VAL_STEPS)):
+        points = _batch_points(exp, source)
+        assert [step for step, _ in points] == steps
+        assert [v for _, v in points] == pytest.approx(
+            pushes.values[source], rel=1e-6
+        )
+        # the last running mean of a pass is the epoch's global mean
+        per_pass = 5 if source == 'Trainer' else 3
+        first = 1 if source == 'Trainer' else 2
+        epochs = dict(_scalars(log_dir, f'net/{source}/loss'))
+        assert sorted(epochs) == [1, 2, 3]
+        ends = {
+            step // per_pass + 1 - first: v
+            for step, v in points
+            if step % per_pass == 0
+        }
+        assert ends == pytest.approx(epochs, rel=1e-6)
+    # the epoch-level folder holds the epoch-level tags only
+    accumulator = EventAccumulator(str(log_dir))
+    accumulator.Reload()
+    assert sorted(accumulator.Tags()['scalars']) == [
+        'net/Trainer/loss',
+        'net/Validation/loss',
+    ]
+
+
+def test_batch_scalars_continue_a_preempted_epoch_seamlessly(
+    tmp_path: pathlib.Path,
+) -> None:
+    reference = Pushes()
+    exp = make_experiment(tmp_path / 'reference', TensorBoard(), reference)
+    _attempt(exp, lambda: _trainer().train(3))
+    pushes = Pushes()
+    exp = make_experiment(tmp_path / 'preempted', TensorBoard(), pushes)
+    # the 7th training pass is batch 2 of epoch 2: preempted there
+    _attempt(exp, lambda: _trainer(at=7).train(3))
+    assert pushes.values['Trainer'] == pytest.approx(
+        reference.values['Trainer'][:4], rel=1e-6
+    )
+    _attempt(exp, lambda: _trainer().train(3), resume=True)
+    for source, steps in (('Trainer', TRAIN_STEPS), ('Validation', VAL_STEPS)):
+        assert len(list(_batch_dir(exp, source).glob('events.*'))) == 2
+        points = _batch_points(exp, source)
+        assert [step for step, _ in points] == steps, 'each step once'
+        assert [v for _, v in points] == pytest.approx(
+            reference.values[source], rel=1e-6
+        )
+
+
+def test_batch_scalars_replace_what_a_killed_attempt_wrote_past_it(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The first attempt trains on past its checkpoint, then dies."""
+
+    def script(scale: float, die: bool) -> Callable[[], None]:
+        def run() -> None:
+            trainer = _trainer(scale=scale)
+            trainer.train(1)
+            trainer.save_checkpoint()
+            trainer.train(2)
+            if die:
+                raise exceptions.PreemptedExit()
+
+        return run
+
+    first, second = Pushes(), Pushes()
+    exp = make_experiment(tmp_path, TensorBoard(), first)
+    _attempt(exp, script(1.0, die=True))
+    exp.trackers.remove('Pushes')
+    exp.trackers.subscribe(second)
+    # resumed from epoch 1 with a loss ten times larger: the values of
+    # epochs 2 and 3 must be the second attempt's, once each
+    _attempt(exp, script(10.0, die=False), resume=True)
+    replays = {'Trainer': TRAIN_STEPS[3:], 'Validation': VAL_STEPS[2:]}
+    for source, steps in (('Trainer', TRAIN_STEPS), ('Validation', VAL_STEPS)):
+        earlier = dict(zip(steps, first.values[source], strict=True))
+        later = dict(zip(replays[source], second.values[source], strict=True))
+        points = _batch_points(exp, source)
+        assert [step for step, _ in points] == steps, 'each step once'
+        assert dict(points) == pytest.approx(earlier | later, rel=1e-6)
+        for step, loss in later.items():  # the attempts differ there
+            assert loss != pytest.approx(earlier[step], rel=1e-3)
+
+
+def test_batch_scalars_of_loops_with_and_without_a_position(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Names become folders one for one; a repeated pass replaces."""
+    exp = make_experiment(tmp_path, TensorBoard())
+    with exp.create_run('r'):
+        for attempt in (1, 2):  # the same evaluation twice at epoch 0
+            loop = log_events.IterateBatchEvent(
+                source_name='probe',
+                batch_size=None,
+                dataset_size=None,
+                num_batches=4,
+                model_name='a/b',
+            )
+            loop.update({'loss': attempt}, 2)
+            loop.update({'loss': attempt + 0.5}, 4)
+        for _ in (1, 2):  # neither model nor length: a running count
+            loop = log_events.IterateBatchEvent(
+                source_name='..', batch_size=None, dataset_size=None
+            )
+            loop.update({'loss': 1.0}, 2)
+            loop.update({'loss': 2.0}, 4)
+    root = tmp_path / 't' / 'runs' / 'r' / 'tensorboard' / 'batches'
+    assert _scalars(root / 'a%2Fb' / 'probe', 'batch/a/b/probe/loss') == [
+        (2, 2.0),
+        (4, 2.5),
+    ]
+    assert _scalars(root / '(none)' / '%2E%2E', 'batch/../loss') == [
+        (2, 1.0),
+        (4, 2.0),
+        (6, 1.0),
+        (8, 2.0),
+    ]
+
+
+def test_batch_scalars_can_be_left_out(tmp_path: pathlib.Path) -> None:
+    exp = make_experiment(tmp_path, TensorBoard(log_batches=False))
+    _attempt(exp, lambda: _trainer().train(1))
+    log_dir = tmp_path / 't' / 'runs' / 'r' / 'tensorboard'
+    assert not (log_dir / 'batches').exists()
+    assert len(_scalars(log_dir, 'net/Trainer/loss')) == 1
+
+
+def test_a_batch_folder_removed_mid_epoch_drops_only_this_tracker(
+    tmp_path: pathlib.Path,
+) -> None:
+    csv = CSVDumper(par_dir=tmp_path / 'csv')
+    board = TensorBoard()
+    exp = make_experiment(tmp_path, board, csv)
+
+    def script() -> None:
+        trainer = _trainer()
+        folder = _batch_dir(exp, 'Trainer')
+
+        def remove(module: Any, inputs: Any) -> None:
+            if module.passes == 8 and folder.exists():  # epoch 2, batch 3
+                shutil.rmtree(folder)
+
+        trainer.model.module.register_forward_pre_hook(remove)
+        with pytest.warns(TrackerFailedWarning, match='TensorBoard.*removed'):
+            trainer.train(3)
+        assert list(exp.trackers.named_trackers) == ['CSVDumper']
+        assert trainer.model.epoch == 3
+
+    _attempt(exp, script)
+    assert board._batches is None
+    epochs, metrics = csv.load_metrics('net')['Trainer']
+    assert epochs == [1, 2, 3]
+    assert len(metrics['loss']) == 3
