@@ -170,7 +170,13 @@ class DistributedJob:
         """Run ``fn`` in this task; ``overrides`` update its kwargs."""
         task = Task.current()
         task.prepare()
-        if self.threads and 'OMP_NUM_THREADS' not in os.environ:
+        # A task owns its process; in debug mode the process is the user's.
+        own_process = not isinstance(task, DebugTask)
+        if (
+            own_process
+            and self.threads
+            and 'OMP_NUM_THREADS' not in os.environ
+        ):
             import torch
 
             torch.set_num_threads(self.threads)
@@ -193,7 +199,8 @@ class DistributedJob:
                 raise
             raise SystemExit(status) from None
         finally:
-            teardown_distributed()
+            if own_process:
+                teardown_distributed()
         task.say(f'{self.name} finished.')
         return result
 

@@ -8,16 +8,14 @@ session went back to an earlier epoch (a resumed run), the session wins, so
 that no epoch is drawn twice.
 
 Drawing is left to the subclasses (:meth:`BasePlotter._draw`); this module
-decides which points a plot shows and refreshes plots at the end of each
-epoch, only where new values arrived.
+decides which curves a plot shows (their points: ``_curves``) and refreshes
+plots at the end of each epoch, only where new values arrived.
 """
 
 from __future__ import annotations
 
 import abc
-import bisect
 import functools
-import itertools
 import pathlib
 from collections.abc import Iterable, Mapping
 from typing import ClassVar, Generic, TypeVar
@@ -26,16 +24,10 @@ from typing_extensions import override
 
 from drytorch.core import log_events
 from drytorch.core.tracking import Tracker
-from drytorch.trackers.base_classes import (
-    MetricHistory,
-    MetricLoader,
-    SourceHistory,
-)
+from drytorch.trackers._curves import Series, join, put, sorted_history
+from drytorch.trackers.base_classes import MetricHistory, MetricLoader
 
 __all__ = ['BasePlotter', 'FigurePlotter', 'Series']
-
-Series = tuple[list[int], list[float]]
-"""The epochs of a curve and its values at those epochs."""
 
 _Plot = TypeVar('_Plot')
 
@@ -121,7 +113,7 @@ class BasePlotter(Tracker, Generic[_Plot]):
                 model = self._session.setdefault(event.model_name, {})
                 curves = model.setdefault(event.source_name, {})
                 for name, value in metrics.items():
-                    _put(curves.setdefault(name, ([], [])), event.epoch, value)
+                    put(curves.setdefault(name, ([], [])), event.epoch, value)
                 stale = self._stale.setdefault(event.model_name, set())
                 stale.update(metrics)
         return super().notify(event)
@@ -203,15 +195,7 @@ class BasePlotter(Tracker, Generic[_Plot]):
         out: dict[str, Series] = {}
         for name in names:
             curves = current.get(name, {})
-            epochs, values = _earlier_points(earlier, name, metric_name)
-            starts = [curve[0][0] for curve in curves.values() if curve[0]]
-            if starts:  # the session replaces what follows its start
-                cut = bisect.bisect_left(epochs, min(starts))
-                epochs, values = epochs[:cut], values[:cut]
-            own_epochs, own_values = curves.get(metric_name, ([], []))
-            epochs, values = _window(
-                epochs + own_epochs, values + own_values, first
-            )
+            epochs, values = join(earlier, curves, name, metric_name, first)
             if epochs:
                 out[name] = (epochs, values)
         return out
@@ -267,7 +251,7 @@ class BasePlotter(Tracker, Generic[_Plot]):
         max_epoch = self._load_epoch.pop(model_name, -1)
         loaded = self.metric_loader.load_metrics(model_name, max_epoch)
         self._earlier[model_name] = {
-            source: _sorted(history)
+            source: sorted_history(history)
             for source, history in loaded.items()
             if self._source_wanted(source)
         }
@@ -311,48 +295,3 @@ class FigurePlotter(BasePlotter[_Plot], Generic[_Plot]):
     @abc.abstractmethod
     def _write(self, figure: _Plot, path: pathlib.Path) -> None:
         """Write ``figure`` to ``path``."""
-
-
-def _earlier_points(
-    earlier: MetricHistory, source_name: str, metric_name: str
-) -> Series:
-    epochs, values = earlier.get(source_name, ([], {}))
-    if metric_name not in values:
-        return [], []
-    return epochs, values[metric_name]
-
-
-def _put(curve: Series, epoch: int, value: float) -> None:
-    """Add a point to a curve sorted by epoch; a repeated epoch replaces."""
-    epochs, values = curve
-    if not epochs or epoch > epochs[-1]:  # the usual case
-        epochs.append(epoch)
-        values.append(value)
-        return
-    index = bisect.bisect_left(epochs, epoch)
-    if epochs[index] == epoch:
-        values[index] = value
-    else:
-        epochs.insert(index, epoch)
-        values.insert(index, value)
-
-
-def _sorted(history: SourceHistory) -> SourceHistory:
-    """A loaded history in epoch order (loaders return it so, normally)."""
-    epochs, values = history
-    if all(a < b for a, b in itertools.pairwise(epochs)):
-        return history
-    order = sorted(range(len(epochs)), key=epochs.__getitem__)
-    return (
-        [epochs[i] for i in order],
-        {name: [vals[i] for i in order] for name, vals in values.items()},
-    )
-
-
-def _window(epochs: list[int], values: list[float], start: int) -> Series:
-    """Keep the epochs from ``start`` on, or the last ``-start`` ones."""
-    if not epochs:
-        return epochs, values
-    first = start if start > 0 else epochs[-1] + start + 1
-    index = bisect.bisect_left(epochs, first)
-    return epochs[index:], values[index:]

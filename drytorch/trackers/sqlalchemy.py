@@ -1,16 +1,15 @@
 """Metrics in a SQL database through SQLAlchemy; also a metric loader.
 
-The schema is normalised: ``experiments`` by name, their ``runs`` by run id
-(one row per run, whatever the number of attempts), each run's ``tags``,
-the ``sources`` (model and source names) that logged in a run, and the
-``metric_values`` of each source at each epoch.  Tables are created on
-first use.  Each event is written in one transaction, so that a crash never
-leaves half an epoch behind.
+The schema (see ``_sql_schema``) is normalised: ``experiments`` by name,
+their ``runs`` by run id (one row per run, whatever the number of
+attempts), each run's ``tags``, the ``sources`` (model and source names)
+that logged in a run, and the ``metric_values`` of each source at each
+epoch.  Tables are created on first use.  Each event is written in one
+transaction, so that a crash never leaves half an epoch behind.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import functools
 import json
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from typing_extensions import override
 
 from drytorch.core import exceptions, log_events
+from drytorch.trackers._sql_schema import get_or_insert, no_fsync, schema
 from drytorch.trackers.base_classes import (
     Dumper,
     MetricHistory,
@@ -42,84 +42,13 @@ def is_available() -> bool:
     return True
 
 
-@dataclasses.dataclass(frozen=True)
-class _Schema:
-    metadata: sa.MetaData
-    experiments: sa.Table
-    runs: sa.Table
-    tags: sa.Table
-    sources: sa.Table
-    values: sa.Table
-
-
-@functools.cache
-def _schema() -> _Schema:
-    """The tables, built once and only when SQLAlchemy is needed."""
-    import sqlalchemy as sa
-
-    md = sa.MetaData()
-
-    def table(name: str, *items: sa.SchemaItem) -> sa.Table:
-        return sa.Table(
-            name, md, sa.Column('id', sa.Integer, primary_key=True), *items
-        )
-
-    def text(name: str, **kwargs: Any) -> sa.Column[str]:
-        return sa.Column(name, sa.String(255), nullable=False, **kwargs)
-
-    def parent(name: str, target: str) -> sa.Column[int]:
-        return sa.Column(name, sa.ForeignKey(target), nullable=False)
-
-    return _Schema(
-        md,
-        experiments=table(
-            'experiments',
-            text('name', unique=True),
-            sa.Column('created_at', sa.DateTime, nullable=False),
-        ),
-        runs=table(
-            'runs',
-            parent('experiment_id', 'experiments.id'),
-            text('name'),
-            sa.Column('started_at', sa.DateTime, nullable=False),
-            sa.Column('stopped_at', sa.DateTime),
-            sa.Column('status', sa.String(16), nullable=False),
-            sa.Column('attempts', sa.Integer, nullable=False),
-            sa.Column('config', sa.Text),
-            sa.UniqueConstraint('experiment_id', 'name'),
-        ),
-        tags=table(
-            'tags',
-            parent('run_id', 'runs.id'),
-            text('name'),
-            sa.UniqueConstraint('run_id', 'name'),
-        ),
-        sources=table(
-            'sources',
-            parent('run_id', 'runs.id'),
-            text('model_name'),
-            text('source_name'),
-            sa.UniqueConstraint('run_id', 'model_name', 'source_name'),
-        ),
-        values=table(
-            'metric_values',
-            parent('source_id', 'sources.id'),
-            sa.Column('epoch', sa.Integer, nullable=False),
-            text('name'),
-            sa.Column('value', sa.Float, nullable=False),
-            sa.Column('attempt', sa.Integer, nullable=False),
-            sa.Index('ix_metric_values_source_epoch', 'source_id', 'epoch'),
-        ),
-    )
-
-
 class SQLConnection(Dumper, MetricLoader):
     """Stores runs, tags and metrics in a database.
 
     Without ``engine`` the database is the SQLite file ``metrics.db`` in
     the folder (the run's folder by default), written without fsync (see
-    :func:`_no_fsync`); any SQLAlchemy engine or URL works otherwise, e.g.
-    ``postgresql+psycopg://user@host/db``.
+    ``_sql_schema.no_fsync``); any SQLAlchemy engine or URL works
+    otherwise, e.g. ``postgresql+psycopg://user@host/db``.
 
     A resumed run keeps its row.  The first value a model's source logs in
     an attempt, at epoch ``e``, first deletes that source's values from
@@ -162,12 +91,12 @@ class SQLConnection(Dumper, MetricLoader):
                 given = sa.create_engine(
                     f'sqlite:///{self.par_dir / "metrics.db"}'
                 )
-                sa.event.listen(given, 'connect', _no_fsync)
+                sa.event.listen(given, 'connect', no_fsync)
             elif isinstance(given, str):
                 given = sa.create_engine(given)
             self._engine = given
         if not self._tables_ready:
-            _schema().metadata.create_all(self._engine)
+            schema().metadata.create_all(self._engine)
             self._tables_ready = True
         return self._engine
 
@@ -183,7 +112,7 @@ class SQLConnection(Dumper, MetricLoader):
         super().notify(event)
         self._attempt = event.attempt
         self._source_ids.clear()
-        s = _schema()
+        s = schema()
         state = {
             'started_at': event.run_ts,
             'stopped_at': None,
@@ -192,7 +121,7 @@ class SQLConnection(Dumper, MetricLoader):
             'config': json.dumps(config_dict(event.config)),
         }
         with self.engine.begin() as conn:
-            exp_pk = _get_or_insert(
+            exp_pk = get_or_insert(
                 conn,
                 s.experiments,
                 {'name': event.exp_name},
@@ -200,26 +129,26 @@ class SQLConnection(Dumper, MetricLoader):
             )
             # a resumed run (same experiment name and run id) keeps its row
             key = {'experiment_id': exp_pk, 'name': event.run_id}
-            run_pk = _get_or_insert(conn, s.runs, key, state)
+            run_pk = get_or_insert(conn, s.runs, key, state)
             conn.execute(
                 sa.update(s.runs).where(s.runs.c.id == run_pk).values(**state)
             )
             for tag in dict.fromkeys(event.tags):
-                _get_or_insert(conn, s.tags, {'run_id': run_pk, 'name': tag})
+                get_or_insert(conn, s.tags, {'run_id': run_pk, 'name': tag})
         self._run_pk = run_pk
 
     @notify.register
     def _(self, event: log_events.MetricEvent) -> None:
         import sqlalchemy as sa
 
-        schema = _schema()
+        tables = schema()
         key = (event.model_name, event.source_name)
         with self.engine.begin() as conn:
             source_pk = self._source_ids.get(key)
             if source_pk is None:
-                source_pk = _get_or_insert(
+                source_pk = get_or_insert(
                     conn,
-                    schema.sources,
+                    tables.sources,
                     {
                         'run_id': self._run_pk,
                         'model_name': event.model_name,
@@ -229,9 +158,9 @@ class SQLConnection(Dumper, MetricLoader):
                 # first value of this source in this attempt: drop what an
                 # earlier attempt logged from this epoch on
                 conn.execute(
-                    sa.delete(schema.values).where(
-                        schema.values.c.source_id == source_pk,
-                        schema.values.c.epoch >= event.epoch,
+                    sa.delete(tables.values).where(
+                        tables.values.c.source_id == source_pk,
+                        tables.values.c.epoch >= event.epoch,
                     )
                 )
                 self._source_ids[key] = source_pk
@@ -246,14 +175,14 @@ class SQLConnection(Dumper, MetricLoader):
                 for name, value in event.metrics.items()
             ]
             if rows:
-                conn.execute(sa.insert(schema.values), rows)
+                conn.execute(sa.insert(tables.values), rows)
         return super().notify(event)
 
     @notify.register
     def _(self, event: log_events.StopExperimentEvent) -> None:
         import sqlalchemy as sa
 
-        runs = _schema().runs
+        runs = schema().runs
         if self._run_pk is not None:
             with self.engine.begin() as conn:
                 conn.execute(
@@ -283,7 +212,7 @@ class SQLConnection(Dumper, MetricLoader):
         """The model's history in this experiment (any, before a run)."""
         import sqlalchemy as sa
 
-        s = _schema()
+        s = schema()
         query = (
             sa.select(
                 s.runs.c.id,
@@ -305,53 +234,6 @@ class SQLConnection(Dumper, MetricLoader):
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         return _histories(rows)
-
-
-def _get_or_insert(
-    conn: sa.Connection,
-    table: sa.Table,
-    key: dict[str, Any],
-    extra: dict[str, Any] | None = None,
-) -> int:
-    """The primary key of the row matching ``key``, inserted if missing.
-
-    Another process may insert the same row meanwhile (two runs of one
-    experiment starting together); the insert then fails inside a
-    savepoint and the other process's row is used.
-    """
-    import sqlalchemy as sa
-
-    def find() -> int | None:
-        query = sa.select(table.c.id).filter_by(**key)
-        return conn.execute(query).scalar_one_or_none()
-
-    found = find()
-    if found is not None:
-        return found
-    try:
-        with conn.begin_nested():
-            result = conn.execute(
-                sa.insert(table).values(**key, **(extra or {}))
-            )
-            return result.inserted_primary_key[0]
-    except sa.exc.IntegrityError:
-        found = find()
-        if found is None:
-            raise
-        return found
-
-
-def _no_fsync(dbapi_connection: Any, _: Any) -> None:
-    """No fsync per event: it costs milliseconds, more on shared disks.
-
-    A killed process (preemption, SIGKILL) still loses nothing, as the
-    data is in the OS already; only a crash of the machine can lose the
-    last events.  The journal keeps its default mode, which works on
-    network file systems (WAL does not).
-    """
-    cursor = dbapi_connection.cursor()
-    cursor.execute('PRAGMA synchronous=OFF')
-    cursor.close()
 
 
 def _histories(rows: list[Any]) -> MetricHistory:

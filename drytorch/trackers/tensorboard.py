@@ -59,9 +59,11 @@ class TensorBoard(Dumper):
     model at ``epoch``.
 
     A resumed attempt appends to the same folders; where a source logs an
-    epoch (or a step) again, TensorBoard is told to purge from there and
-    what is still valid after it is written again, so every epoch and every
-    step shows once.
+    epoch (or a step) again, TensorBoard is told to purge from there, so
+    every epoch and every step shows once.  A purge hides every tag of its
+    folder: the epoch-level values still valid past it are written again,
+    while a batch-level folder holds one source only and loses nothing
+    else.
 
     Args:
         par_dir: the folder; the run's folder when None.

@@ -329,16 +329,17 @@ def test_batch_scalars_of_a_training_against_the_global_step(
         assert [v for _, v in points] == pytest.approx(
             pushes.values[source], rel=1e-6
         )
-        # the last running mean of a pass is the epoch's global mean
-        per_pass = 5 if source == 'Trainer' else 3
-        first = 1 if source == 'Trainer' else 2
-        epochs = dict(_scalars(log_dir, f'net/{source}/loss'))
-        assert sorted(epochs) == [1, 2, 3]
+        # the last running mean of a pass is the epoch's global mean; a
+        # pass ends at a multiple of its length, one pass later for the
+        # validation of an epoch
+        per_pass, later = (5, 0) if source == 'Trainer' else (3, 1)
         ends = {
-            step // per_pass + 1 - first: v
+            step // per_pass - later: v
             for step, v in points
             if step % per_pass == 0
         }
+        epochs = dict(_scalars(log_dir, f'net/{source}/loss'))
+        assert sorted(epochs) == [1, 2, 3]
         assert ends == pytest.approx(epochs, rel=1e-6)
     # the epoch-level folder holds the epoch-level tags only
     accumulator = EventAccumulator(str(log_dir))
