@@ -133,8 +133,8 @@ class DistributedJob:
     Submit it with submitit (``executor.submit(job)``, or an array with
     ``executor.map_array(job, [overrides, ...])``), or call it in a process
     of its own.  The process group is up when ``fn`` starts (a script's is
-    left to the script, which may start its own); it is torn down when
-    ``fn`` returns.
+    left to the script, which may start its own); in a task of its own,
+    it is torn down when ``fn`` returns.
 
     Attributes:
         fn: the function (or :class:`ScriptJob`) to run.

@@ -24,6 +24,7 @@ import subprocess
 import sys
 from typing import ClassVar
 
+from drytorch.core.exceptions import REQUEUE_EXIT_CODE
 from drytorch.distributed import detect_environment
 from drytorch.distributed.slurm import PORT_BASE, PORT_SPAN
 from drytorch.launch.errors import LaunchError
@@ -167,8 +168,6 @@ class SlurmTask(Task):
         handler lets pass, then SIGKILL) and starts the job again with the
         same id and ``SLURM_RESTART_COUNT`` one higher: the run resumes.
         """
-        from drytorch.core.exceptions import REQUEUE_EXIT_CODE
-
         if self.rank != 0:
             return REQUEUE_EXIT_CODE
         command = ['scontrol', 'requeue', self.job_id]
@@ -226,11 +225,17 @@ class LocalTask(Task):
 
     def __init__(
         self,
-        *args: object,
+        job_id: str,
+        rank: int = 0,
+        local_rank: int = 0,
+        world_size: int = 1,
+        local_world_size: int = 1,
+        attempt: int = 1,
         restarts_file: pathlib.Path | None = None,
-        **kwargs: object,
     ) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        super().__init__(
+            job_id, rank, local_rank, world_size, local_world_size, attempt
+        )
         self.restarts_file = restarts_file
 
     def requeue(self) -> int:

@@ -78,6 +78,7 @@ class Wandb(Dumper):
         self.run: wandb.Run | None = None
         self._last_step = 0
         self._offset = 0
+        self._floor = 0
         self._models: set[str] = set()
         self._exit_code = 1
 
@@ -111,6 +112,12 @@ class Wandb(Dumper):
             settings=self.settings,
             **options,
         )
+        # Online, a resumed W&B run accepts no step below the last one it
+        # holds; an attempt that resumes inside an epoch already logged
+        # starts above it (the model/epoch axis keeps charts right).
+        self._floor = int(getattr(self.run, 'starting_step', 0) or 0)
+        if not event.resumed:
+            self._floor = 0
 
     @notify.register
     def _(self, event: log_events.MetricEvent) -> None:
@@ -144,7 +151,9 @@ class Wandb(Dumper):
 
     def _step(self, epoch: int) -> int:
         """The step of an epoch: the epoch, shifted to never go back."""
-        if epoch + self._offset < self._last_step:
+        if epoch + self._offset < self._floor:
+            self._offset = self._floor - epoch
+        elif epoch + self._offset < self._last_step:
             self._offset = self._last_step + 1 - epoch
         self._last_step = epoch + self._offset
         return self._last_step
