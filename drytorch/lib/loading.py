@@ -116,8 +116,11 @@ class DataLoader:
         world_size: int | None = None,
     ) -> Plan:
         """This rank's batches for one pass (see the module docstring)."""
-        rank = ranks.get_rank() if rank is None else rank
         world = ranks.get_world_size() if world_size is None else world_size
+        if rank is None:
+            # alone, the rank is 0; asking would read the launcher's
+            # variables again at every epoch
+            rank = ranks.get_rank() if world > 1 else 0
         size = len(self.dataset)
         if training:
             order = self.permutation(epoch)
