@@ -162,6 +162,10 @@ def request_requeue(environ: Mapping[str, str] | None = None) -> bool:
     job = source.get('SLURM_JOB_ID', '').strip()
     if not job or under_submitit(source) or not ranks.is_rank_zero():
         return False
+    if watcher.signum == signal.SIGTERM:
+        # SIGTERM is how `scancel` stops a job: requeueing would undo the
+        # cancel.  The checkpoint is saved; resubmit with resume=True.
+        return False
     command = ['scontrol', 'requeue', job]
     try:
         done = subprocess.run(
