@@ -360,7 +360,9 @@ def measure(
     # Every rank must agree: take the slowest rank's time of each epoch.
     for name in VARIANTS:
         for series in (seconds, cpu):
-            times = torch.tensor(series[name], dtype=torch.float64)
+            times = torch.tensor(
+                series[name], dtype=torch.float64, device=device
+            )
             dist.all_reduce(times, op=dist.ReduceOp.MAX)
             series[name] = times.tolist()
     per_step = {

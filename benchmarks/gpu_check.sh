@@ -48,7 +48,10 @@ WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$RESULTS_DIR"
 
-if ! "$PYTHON" -c 'import drytorch' 2>/dev/null; then
+# Checked from a neutral folder: in $ROOT the package imports from the
+# working directory even when it is not installed, and the demo runs
+# elsewhere.
+if ! (cd / && "$PYTHON" -c 'import drytorch' 2>/dev/null); then
   export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
   echo "[gpu_check] drytorch is not installed; using $ROOT via PYTHONPATH"
 fi

@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import copy
 import json
+import os
 import pathlib
 import platform
 import statistics
@@ -199,8 +200,22 @@ def run(rounds: int, epochs: int, n_batches: int, log: pathlib.Path) -> dict:
             'torch': torch.__version__,
             'python': platform.python_version(),
             'machine': platform.machine(),
+            'cpu': _cpu_name(),
+            'cpu_count': os.cpu_count(),
+            'load_average': list(os.getloadavg()),
         },
     }
+
+
+def _cpu_name() -> str:
+    try:
+        with open('/proc/cpuinfo', encoding='utf-8') as info:
+            for line in info:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or 'unknown'
 
 
 def report(result: dict) -> None:
