@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import functools
+import importlib
 import pathlib
 from collections.abc import Mapping, Sequence, Set
 from typing import Any
@@ -15,6 +16,7 @@ from drytorch.core import exceptions, log_events
 from drytorch.core.tracking import Tracker
 
 __all__ = [
+    'module_available',
     'Dumper',
     'MetricHistory',
     'MetricLoader',
@@ -129,3 +131,16 @@ def _plain(obj: Any, depth: int) -> Any:
     if callable(item) and getattr(obj, 'ndim', None) == 0:
         return item()
     return repr(obj) if not isinstance(obj, pathlib.PurePath) else str(obj)
+
+
+def module_available(name: str) -> bool:
+    """Whether the optional package ``name`` imports.
+
+    Each tracker module keeps its own ``is_available`` (one flag per
+    optional dependency) built on this; detection never raises.
+    """
+    try:
+        importlib.import_module(name)
+    except ImportError:
+        return False
+    return True

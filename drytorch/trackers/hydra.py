@@ -15,18 +15,14 @@ import shutil
 from typing_extensions import override
 
 from drytorch.core import exceptions, log_events
-from drytorch.trackers.base_classes import Dumper
+from drytorch.trackers.base_classes import Dumper, module_available
 
 __all__ = ['HydraLink', 'HydraNotRunningError', 'is_available']
 
 
 def is_available() -> bool:
     """Whether hydra-core can be imported."""
-    try:
-        import hydra  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return module_available('hydra')
 
 
 class HydraNotRunningError(exceptions.TrackerError):

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, ClassVar
 from typing_extensions import override
 
 from drytorch.core import exceptions
-from drytorch.trackers.base_classes import MetricLoader
+from drytorch.trackers.base_classes import MetricLoader, module_available
 from drytorch.trackers.plotting import FigurePlotter, Series
 
 if TYPE_CHECKING:
@@ -26,11 +26,7 @@ __all__ = ['MatPlotter', 'is_available']
 
 def is_available() -> bool:
     """Whether matplotlib can be imported."""
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return module_available('matplotlib')
 
 
 class MatPlotter(FigurePlotter['Figure']):

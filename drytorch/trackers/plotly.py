@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, ClassVar
 from typing_extensions import override
 
 from drytorch.core import exceptions
-from drytorch.trackers.base_classes import MetricLoader
+from drytorch.trackers.base_classes import MetricLoader, module_available
 from drytorch.trackers.plotting import FigurePlotter, Series
 
 if TYPE_CHECKING:
@@ -20,11 +20,7 @@ __all__ = ['PlotlyPlotter', 'is_available']
 
 def is_available() -> bool:
     """Whether plotly can be imported."""
-    try:
-        import plotly  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return module_available('plotly')
 
 
 class PlotlyPlotter(FigurePlotter['Figure']):

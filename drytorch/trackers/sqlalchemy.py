@@ -25,6 +25,7 @@ from drytorch.trackers.base_classes import (
     MetricHistory,
     MetricLoader,
     config_dict,
+    module_available,
 )
 
 if TYPE_CHECKING:
@@ -35,11 +36,7 @@ __all__ = ['SQLConnection', 'is_available']
 
 def is_available() -> bool:
     """Whether SQLAlchemy can be imported."""
-    try:
-        import sqlalchemy  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return module_available('sqlalchemy')
 
 
 class SQLConnection(Dumper, MetricLoader):

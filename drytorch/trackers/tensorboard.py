@@ -23,7 +23,11 @@ from drytorch.core import exceptions, log_events
 from drytorch.trackers._tensorboard_batches import BatchScalars
 from drytorch.trackers._tensorboard_files import Seam, wait_for_a_later_second
 from drytorch.trackers._tensorboard_server import TensorBoardServer
-from drytorch.trackers.base_classes import Dumper, config_dict
+from drytorch.trackers.base_classes import (
+    Dumper,
+    config_dict,
+    module_available,
+)
 from drytorch.trackers.logging import InfoLevels
 
 if TYPE_CHECKING:
@@ -36,11 +40,7 @@ _logger = logging.getLogger('drytorch')
 
 def is_available() -> bool:
     """Whether the tensorboard package can be imported."""
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return module_available('tensorboard')
 
 
 class TensorBoard(Dumper):

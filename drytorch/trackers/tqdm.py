@@ -11,17 +11,14 @@ from typing_extensions import override
 
 from drytorch.core import exceptions, log_events
 from drytorch.core.tracking import Tracker
+from drytorch.trackers.base_classes import module_available
 
 __all__ = ['TqdmLogger', 'is_available']
 
 
 def is_available() -> bool:
     """Whether tqdm can be imported."""
-    try:
-        import tqdm  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return module_available('tqdm')
 
 
 class TqdmLogger(Tracker):

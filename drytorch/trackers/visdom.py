@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, ClassVar
 from typing_extensions import override
 
 from drytorch.core import exceptions
-from drytorch.trackers.base_classes import MetricLoader
+from drytorch.trackers.base_classes import MetricLoader, module_available
 from drytorch.trackers.plotting import BasePlotter, Series
 
 if TYPE_CHECKING:
@@ -25,11 +25,7 @@ __all__ = ['VisdomNotRunningError', 'VisdomPlotter', 'is_available']
 
 def is_available() -> bool:
     """Whether visdom can be imported."""
-    try:
-        import visdom  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return module_available('visdom')
 
 
 class VisdomNotRunningError(exceptions.TrackerError):

@@ -18,7 +18,11 @@ from typing import TYPE_CHECKING, Any
 from typing_extensions import override
 
 from drytorch.core import exceptions, log_events
-from drytorch.trackers.base_classes import Dumper, config_dict
+from drytorch.trackers.base_classes import (
+    Dumper,
+    config_dict,
+    module_available,
+)
 
 if TYPE_CHECKING:
     import wandb
@@ -31,11 +35,7 @@ _PROJECT_FORBIDDEN = re.compile(r'[/\\#?%:]')
 
 def is_available() -> bool:
     """Whether wandb can be imported."""
-    try:
-        import wandb  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return module_available('wandb')
 
 
 def wandb_run_id(exp_name: str, run_id: str) -> str:

@@ -12,18 +12,14 @@ from typing_extensions import override
 from drytorch.core import exceptions, log_events
 from drytorch.core.metadata import readable
 from drytorch.core.registry import atomic_write_text
-from drytorch.trackers.base_classes import Dumper
+from drytorch.trackers.base_classes import Dumper, module_available
 
 __all__ = ['YamlDumper', 'is_available']
 
 
 def is_available() -> bool:
     """Whether PyYAML can be imported."""
-    try:
-        import yaml  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return module_available('yaml')
 
 
 # A dump is the record of what ran: no container or string is cut short
