@@ -57,6 +57,21 @@ def _service_absent(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+@pytest.fixture(autouse=True)
+def _restore_environment() -> Iterator[None]:
+    """Undo what a test (or code it calls) wrote into os.environ.
+
+    Code under test exports launcher variables (RANK, WORLD_SIZE, ...) on
+    purpose; left behind, they would make every later subprocess wait for
+    ranks that never come.
+    """
+    saved = dict(os.environ)
+    yield
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.fixture(scope='session', autouse=True)
 def _offline_backends() -> Iterator[None]:
     """W&B never goes online; matplotlib never needs a display."""
