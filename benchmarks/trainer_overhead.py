@@ -6,7 +6,7 @@ weights, over the same batches in the same order (the hand loop asks the
 drytorch loader for ``permutation(epoch)``).  The hand loop also keeps the
 epoch's mean loss, as a typical loop does.  drytorch runs with the standard
 trackers on (log, progress bars, YAML metadata); their output goes to a
-file, not the terminal.
+temporary file, not the terminal.
 
 The two sides alternate, round after round, in one process, so that a slow
 patch of the machine hits both.  The figure reported is the ratio of the
@@ -107,25 +107,31 @@ class HandLoop:
         return losses
 
 
-def run(rounds: int, epochs: int, n_batches: int, log: pathlib.Path) -> dict:
+def run(rounds: int, epochs: int, n_batches: int) -> dict:
     torch.set_num_threads(THREADS)
     drytorch.init_trackers('standard')
     dataset = make_data(n_batches)
     network = make_network()
     hand_network = copy.deepcopy(network)
+    control_network = copy.deepcopy(network)
     steps_per_round = epochs * n_batches
 
     # per round and side: (wall-clock, CPU time of this thread) per step
-    times: dict[str, list[tuple[float, float]]] = {'ours': [], 'hand': []}
+    times: dict[str, list[tuple[float, float]]] = {
+        'ours': [],
+        'hand': [],
+        'control': [],
+    }
     ours_losses: list[float] = []
     hand_losses: list[float] = []
+    control_losses: list[float] = []
 
     with tempfile.TemporaryDirectory(prefix='drytorch-bench-') as tmp:
         experiment = drytorch.Experiment(
             None, name='TrainerOverhead', par_dir=tmp
         )
         with (
-            log.open('w') as sink,
+            (pathlib.Path(tmp) / 'trackers.log').open('w') as sink,
             contextlib.redirect_stderr(sink),
             experiment.create_run(),
         ):
@@ -141,16 +147,21 @@ def run(rounds: int, epochs: int, n_batches: int, log: pathlib.Path) -> dict:
                 lambda t: ours_losses.append(t.metrics['CrossEntropy'])
             )
             hand = HandLoop(hand_network, loader)
-            for index in range(rounds + 1):  # round 0 warms both up
-                # alternate which side goes first, so neither always
-                # follows the other's cache and allocator state
-                sides = ['ours', 'hand'] if index % 2 else ['hand', 'ours']
-                for side in sides:
+            # a second hand loop: hand against hand shows the noise
+            control = HandLoop(control_network, loader)
+            sides = ['ours', 'hand', 'control']
+            for index in range(rounds + 1):  # round 0 warms all up
+                # rotate which side goes first, so that none always
+                # follows the same other's cache and allocator state
+                order = sides[index % 3 :] + sides[: index % 3]
+                for side in order:
                     wall, cpu = time.perf_counter(), time.thread_time()
                     if side == 'ours':
                         trainer.train(epochs)
-                    else:
+                    elif side == 'hand':
                         hand_losses.extend(hand.train(epochs))
+                    else:
+                        control_losses.extend(control.train(epochs))
                     wall = time.perf_counter() - wall
                     cpu = time.thread_time() - cpu
                     if index:
@@ -161,12 +172,14 @@ def run(rounds: int, epochs: int, n_batches: int, log: pathlib.Path) -> dict:
     def median_ms(side: str, clock: int) -> float:
         return statistics.median(t[clock] for t in times[side]) * 1e3
 
-    wall_ms = {'drytorch': median_ms('ours', 0), 'hand': median_ms('hand', 0)}
-    cpu_ms = {'drytorch': median_ms('ours', 1), 'hand': median_ms('hand', 1)}
+    names = {'drytorch': 'ours', 'hand': 'hand', 'control': 'control'}
+    wall_ms = {name: median_ms(side, 0) for name, side in names.items()}
+    cpu_ms = {name: median_ms(side, 1) for name, side in names.items()}
     diffs = [abs(a - b) for a, b in zip(ours_losses, hand_losses, strict=True)]
     return {
         'ratio': wall_ms['drytorch'] / wall_ms['hand'],
         'ratio_cpu_time': cpu_ms['drytorch'] / cpu_ms['hand'],
+        'control_ratio': wall_ms['control'] / wall_ms['hand'],
         # each round's own ratio: the two sides of a round ran seconds
         # apart, so a slow patch of a shared machine cancels out
         'median_round_ratio': statistics.median(
@@ -177,15 +190,16 @@ def run(rounds: int, epochs: int, n_batches: int, log: pathlib.Path) -> dict:
         'median_step_ms': wall_ms,
         'median_step_cpu_ms': cpu_ms,
         'step_ms_per_round': {
-            'drytorch': [t[0] * 1e3 for t in times['ours']],
-            'hand': [t[0] * 1e3 for t in times['hand']],
+            name: [t[0] * 1e3 for t in times[side]]
+            for name, side in names.items()
         },
         'epoch_losses': {'drytorch': ours_losses, 'hand': hand_losses},
         'max_loss_difference': max(diffs),
         'losses_equal_to_5_decimals': all(
             round(a, 5) == round(b, 5)
             for a, b in zip(ours_losses, hand_losses, strict=True)
-        ),
+        )
+        and control_losses == hand_losses,
         'setup': {
             'rounds': rounds,
             'epochs_per_round': epochs,
@@ -233,6 +247,10 @@ def report(result: dict) -> None:
         f'{result["ratio_cpu_time"]:>12.3f}'
     )
     print(f'{"median round ratio":<20}{result["median_round_ratio"]:>12.3f}')
+    print(
+        f'{"control (hand/hand)":<20}{result["control_ratio"]:>12.3f}'
+        f'{cpu["control"] / cpu["hand"]:>12.3f}'
+    )
     print()
     print('epoch    drytorch loss    hand loss')
     losses = result['epoch_losses']
@@ -257,11 +275,10 @@ def main() -> int:
     parser.add_argument('--out', type=pathlib.Path, default=RESULTS)
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    log = args.out.with_suffix('.log')
-    result = run(args.rounds, args.epochs, args.batches, log)
+    result = run(args.rounds, args.epochs, args.batches)
     args.out.write_text(json.dumps(result, indent=2) + '\n')
     report(result)
-    print(f'\nresults: {args.out}\ntracker output: {log}')
+    print(f'\nresults: {args.out}')
     if not result['losses_equal_to_5_decimals']:
         print('FAILED: the two loops did not compute the same losses')
         return 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import functools
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import ClassVar, Self
 
 from drytorch.core import exceptions, log_events
@@ -91,6 +91,10 @@ class EventDispatcher:
     def __init__(self, exp_name: str = '') -> None:
         self.exp_name = exp_name
         self._trackers: dict[str, Tracker] = {}
+        # (name, tracker, bound notify), rebuilt only when subscriptions
+        # change: a singledispatchmethod builds a new wrapper at every
+        # attribute access, which would otherwise happen per event.
+        self._handlers: list[tuple[str, Tracker, Callable[..., None]]] = []
         self._live = ranks.is_rank_zero()
 
     @property
@@ -133,11 +137,13 @@ class EventDispatcher:
                 raise exceptions.TrackerAlreadySubscribedError(name)
         for name, tracker in pairs:
             self._trackers[name] = tracker
+        self._rebuild()
 
     def remove(self, name: str) -> None:
         """Unsubscribe the tracker called ``name``."""
         try:
             del self._trackers[name]
+            self._rebuild()
         except KeyError:
             raise KeyError(
                 f'No tracker named {name!r}; subscribed: '
@@ -147,6 +153,7 @@ class EventDispatcher:
     def remove_all(self) -> None:
         """Unsubscribe every tracker."""
         self._trackers.clear()
+        self._rebuild()
 
     def activate(self) -> None:
         """Become the dispatcher of the running run; decide rank here.
@@ -173,11 +180,14 @@ class EventDispatcher:
         """Notify every tracker; drop (with a warning) those that fail."""
         if not self._live:
             return
-        for name, tracker in list(self._trackers.items()):
+        for name, tracker, notify in self._handlers:
             try:
-                tracker.notify(event)
+                notify(event)
             except Exception as err:  # noqa: BLE001 - trackers must not stop runs
                 self._drop(name, tracker, event, err)
+
+    def _rebuild(self) -> None:
+        self._handlers = [(n, t, t.notify) for n, t in self._trackers.items()]
 
     def _drop(
         self,
@@ -196,6 +206,7 @@ class EventDispatcher:
             stacklevel=3,
         )
         self._trackers.pop(name, None)
+        self._rebuild()
         try:
             tracker.clean_up()
         except Exception as clean_err:  # noqa: BLE001

@@ -42,7 +42,7 @@ class TqdmLogger(Tracker):
         self.leave = leave
         self.enable_training_bar = enable_training_bar
         self._epoch_bar: Any = None
-        self._batch_bar: Any = None
+        self._batch_bars: dict[str, Any] = {}
 
     @functools.singledispatchmethod
     @override
@@ -77,17 +77,23 @@ class TqdmLogger(Tracker):
             return super().notify(event)
         from tqdm.auto import tqdm
 
-        self._close_batch_bar()
-        bar = tqdm(
-            total=event.num_batches,
-            initial=event.start_batch,
-            desc=event.source_name,
-            unit='batch',
-            leave=self.leave,
-            file=sys.stderr,
-            dynamic_ncols=True,
-        )
-        self._batch_bar = bar
+        bar = self._batch_bars.get(event.source_name)
+        if bar is not None:
+            # the same loop again (next epoch): reuse its bar, which is
+            # cheaper than a new one and does not flicker
+            bar.reset(total=event.num_batches)
+            bar.update(event.start_batch)
+        else:
+            bar = tqdm(
+                total=event.num_batches,
+                initial=event.start_batch,
+                desc=event.source_name,
+                unit='batch',
+                leave=self.leave,
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
+            self._batch_bars[event.source_name] = bar
 
         def push(metrics: Mapping[str, Any], batches_done: int) -> None:
             if metrics:
@@ -112,9 +118,9 @@ class TqdmLogger(Tracker):
         return super().notify(event)
 
     def _close_batch_bar(self) -> None:
-        if self._batch_bar is not None:
-            self._batch_bar.close()
-            self._batch_bar = None
+        for bar in self._batch_bars.values():
+            bar.close()
+        self._batch_bars.clear()
 
     def _close_epoch_bar(self) -> None:
         if self._epoch_bar is not None:
