@@ -158,12 +158,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # more than it saves, and on a busy machine (or with several ranks
         # per node) waiting for the other threads slowed the demo 5-fold.
         torch.set_num_threads(1)
+    from drytorch.distributed import teardown_distributed
+
     try:
         train_digits(config, args.par_dir, args.run_id, args.resume)
-    finally:
-        from drytorch.distributed import teardown_distributed
-
+    except BaseException:
         teardown_distributed()
+        raise
+    # Every rank got here: leave together, so that no rank's collective
+    # threads still talk to a peer that is already shutting down.
+    ranks.barrier()
+    teardown_distributed()
     return 0
 
 
