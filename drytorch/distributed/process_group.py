@@ -47,7 +47,7 @@ _active: ClusterEnvironment | None = None
 
 def init_distributed(
     backend: str | None = None,
-    timeout: datetime.timedelta | None = None,
+    timeout: datetime.timedelta | float | None = None,
 ) -> ClusterEnvironment:
     """Start the process group that the launcher describes, once.
 
@@ -60,7 +60,7 @@ def init_distributed(
             rank of this node has a CUDA device of its own, else gloo.
         timeout: how long to wait for every rank to join, and for each
             collective afterwards; by default ``DRYTORCH_DIST_TIMEOUT``
-            seconds if set, else 5 minutes.
+            seconds if set, else 5 minutes.  A number is in seconds.
 
     Returns:
         The detected environment: rank, world size, master address...
@@ -71,6 +71,13 @@ def init_distributed(
 
     """
     global _active
+    if isinstance(timeout, int | float):
+        if not timeout > 0:
+            raise ValueError(
+                f'timeout must be a positive number of seconds, got '
+                f'{timeout!r}.'
+            )
+        timeout = datetime.timedelta(seconds=timeout)
     if _active is not None and (
         _active.world_size == 1 or dist.is_initialized()
     ):
