@@ -117,6 +117,10 @@ class TqdmLogger(Tracker):
         self._close_batch_bar()
         return super().notify(event)
 
+    def batch_bar(self, source_name: str) -> Any:
+        """The open progress bar of a loop's batches, if any."""
+        return self._batch_bars.get(source_name)
+
     def _close_batch_bar(self) -> None:
         for bar in self._batch_bars.values():
             bar.close()

@@ -10,6 +10,7 @@ import datetime
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -307,10 +308,9 @@ def test_under_real_torchrun() -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # the two ranks share one stdout: their lines may run together
     reports = [
-        json.loads(line)
-        for line in proc.stdout.splitlines()
-        if line.startswith('{')
+        json.loads(text) for text in re.findall(r'\{[^{}]*\}', proc.stdout)
     ]
     assert sorted(r['group_rank'] for r in reports) == [0, 1]
     assert {r['name'] for r in reports} == {'torchrun'}
@@ -341,10 +341,9 @@ def test_under_real_mpirun(mpirun: str) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    # the two ranks share one stdout: their lines may run together
     reports = [
-        json.loads(line)
-        for line in proc.stdout.splitlines()
-        if line.startswith('{')
+        json.loads(text) for text in re.findall(r'\{[^{}]*\}', proc.stdout)
     ]
     assert sorted(r['group_rank'] for r in reports) == [0, 1]
     assert {r['name'] for r in reports} == {'mpi'}

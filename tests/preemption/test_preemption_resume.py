@@ -107,7 +107,7 @@ class ProgressSpy(Tracker):
 
     @notify.register
     def _(self, event: log_events.IterateBatchEvent) -> None:
-        bar = self.bars._batch_bar
+        bar = self.bars.batch_bar(event.source_name)
         loop = {
             'source': event.source_name,
             'start': event.start_batch,
