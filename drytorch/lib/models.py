@@ -51,7 +51,10 @@ class Model:
             raise TypeError(
                 f'Model needs a torch.nn.Module, got {type(module).__name__}.'
             )
-        experiment = Experiment.get_current()
+        run = Experiment.current_run()
+        if run is None:
+            raise exceptions.NoActiveRunError('Creating a Model')
+        experiment = run.experiment
         self.device = torch.device(device) if device else default_device()
         self.module = module.to(self.device)
         self.name = experiment.metadata_manager.register_model(
