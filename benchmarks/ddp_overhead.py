@@ -22,10 +22,11 @@ round, one training epoch of each variant:
 
 The first rounds warm up and are dropped; the figure is the ratio of the
 median epoch time per step, ``trainer / hand`` (target: at most 1.05).  The
-order of the variants rotates every round so that drift in the machine's
-load does not favour one.  Then one more epoch of each, with counters,
-gives the collectives per step: ``torch.distributed.all_reduce`` calls
-(the metric path) and DDP's gradient-bucket all-reduces (a comm hook).
+order of the variants changes every round (a Williams square, see
+``round_order``) so that neither drift in the machine's load nor the
+variant run just before favours one.  Then one more epoch of each, with
+counters, gives the collectives per step: ``torch.distributed.all_reduce``
+calls (the metric path) and DDP's gradient-bucket all-reduces (a comm hook).
 
 With ``--nproc 1`` a process group of one is forced
 (``DRYTORCH_FORCE_PROCESS_GROUP=1``) so that the same distributed paths
@@ -125,6 +126,26 @@ def shard(
     order = torch.randperm(config.samples, generator=generator)
     per_rank = config.samples // world
     return list(torch.split(order[rank::world][:per_rank], config.batch_size))
+
+
+def round_order(round_index: int) -> list[str]:
+    """The order of the variants in a round: a Williams square.
+
+    Over ``len(VARIANTS)`` rounds (twice that for an odd count) every
+    variant runs once in every position and right after every other
+    variant once.  A plain rotation keeps each variant's predecessor
+    fixed: the Trainer then always ran right after the per-metric loop
+    (hundreds of small all-reduces, a different state of the caches and of
+    the scheduler on a shared machine), a bias that the rotation does not
+    cancel: in some runs the epoch after it was 7-14 % slower, and three
+    quarters of the Trainer's epochs had that predecessor, one quarter of
+    the hand loop's and none of the control's.
+    """
+    n = len(VARIANTS)
+    base = [0] + [(j + 1) // 2 if j % 2 else n - j // 2 for j in range(1, n)]
+    row = round_index % (n if n % 2 == 0 else 2 * n)
+    order = [VARIANTS[(b + row) % n] for b in base]
+    return order[::-1] if row >= n else order
 
 
 def synchronize(device: torch.device) -> None:
@@ -344,8 +365,7 @@ def measure(
     cpu: dict[str, list[float]] = {name: [] for name in VARIANTS}
     steps: dict[str, int] = {}
     for round_index in range(config.rounds + config.warmup):
-        shift = round_index % len(VARIANTS)
-        for name in VARIANTS[shift:] + VARIANTS[:shift]:
+        for name in round_order(round_index):
             dist.barrier()
             synchronize(device)
             start = time.perf_counter()
