@@ -15,6 +15,7 @@ rank.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import math
 import os
@@ -155,6 +156,10 @@ def _start(
             f'not taken by another job, and {environment.hint}; to wait '
             f'longer, set {TIMEOUT_VARIABLE} (seconds)',
         ) from exc
+    # A group still up when the interpreter finalises can abort the process
+    # (its threads call back into Python as it goes away); a script that
+    # never tears down gets it done at exit instead.
+    atexit.register(teardown_distributed)
 
 
 def _adopt(environment: ClusterEnvironment) -> None:
