@@ -77,8 +77,13 @@ def child(request: dict[str, Any]) -> NoReturn:
     os.close(log)
     os.close(devnull)
     os.environ.update(request.get('env', {}))
+    import faulthandler
+
     import _worker
 
+    # a hung attempt is killed by the test after its timeout: leave every
+    # thread's stack in the log first, so that the hang can be read
+    faulthandler.dump_traceback_later(75, exit=False)
     argv = [str(a) for a in request['argv']]
     sys.argv = [_worker.__file__, *argv]
     try:

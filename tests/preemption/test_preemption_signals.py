@@ -137,6 +137,11 @@ TWO_RANKS = [
 ]
 
 
+# Forked 2-rank attempts were seen to hang at start-up, before any signal,
+# about once in four full suites on a loaded 2-core machine (a harness
+# issue still open: the zygote now dumps every stack of a hung attempt into
+# its log).  One rerun keeps CI meaningful; a real resume bug fails twice.
+@pytest.mark.flaky(reruns=1)
 @pytest.mark.parametrize(('rank', 'phase', 'at', 'trackers'), TWO_RANKS)
 def test_two_ranks_one_signalled(
     zygote: Zygote,
