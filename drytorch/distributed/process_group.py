@@ -16,6 +16,7 @@ rank.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime
 import math
 import os
@@ -98,12 +99,33 @@ def init_distributed(
     return environment
 
 
-def teardown_distributed() -> None:
-    """Destroy the process group, if any; safe to call more than once."""
+def teardown_distributed(wait_for_peers_s: float = 2.0) -> None:
+    """Destroy the process group, if any; safe to call more than once.
+
+    With gloo, a rank that destroys its group while a peer's threads still
+    talk to it can make that peer abort at exit, so the ranks first wait
+    for each other, briefly: after a failure the peers may never come, and
+    the teardown must not turn an error into a hang.
+
+    Args:
+        wait_for_peers_s: how long to wait for the other ranks; 0 skips it.
+
+    """
     global _active
     _active = None
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if (
+        wait_for_peers_s > 0
+        and dist.get_world_size() > 1
+        and dist.get_backend() == 'gloo'
+    ):
+        # a missing peer is fine here: the group goes down all the same
+        with contextlib.suppress(Exception):
+            dist.monitored_barrier(
+                timeout=datetime.timedelta(seconds=wait_for_peers_s)
+            )
+    dist.destroy_process_group()
 
 
 def default_backend(local_world_size: int) -> str:

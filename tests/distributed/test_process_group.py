@@ -269,7 +269,9 @@ def test_missing_ranks_fail_within_the_timeout(
         assert "SLURM_NTASKS='3'" in message
         assert 'that all 3 processes were started' in message
         # measured by the rank from its call, so slow imports do not count
-        assert report['seconds'] < 3 * SETUP_TIMEOUT
+        # well inside what a hang would take (the default timeout is 300 s),
+        # with room for a loaded machine: what is pinned is the timeout
+        assert report['seconds'] < 5 * SETUP_TIMEOUT
 
 
 @pytest.mark.slow
