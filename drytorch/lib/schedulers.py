@@ -21,6 +21,7 @@ import itertools
 import math
 import numbers
 from collections.abc import Callable, Sequence
+from typing import Any
 
 __all__ = [
     'AbstractScheduler',
@@ -64,6 +65,13 @@ def _check_int(owner: object, name: str, value: object, minimum: int) -> None:
         raise ValueError(
             f'{where}: {name} must be an integer >= {minimum}; got {value!r}.'
         )
+
+
+def _check_min_decay(owner: Any) -> None:
+    """Raise unless ``owner.min_decay``, the floor of a decay, is in [0, 1]."""
+    _check_real(
+        owner, 'min_decay', owner.min_decay, 'in [0, 1]', lambda v: 0 <= v <= 1
+    )
 
 
 def _between(low: float, progress: float) -> float:
@@ -144,13 +152,7 @@ class ExponentialScheduler(AbstractScheduler):
             'in (0, 1]',
             lambda v: 0 < v <= 1,
         )
-        _check_real(
-            self,
-            'min_decay',
-            self.min_decay,
-            'in [0, 1]',
-            lambda v: 0 <= v <= 1,
-        )
+        _check_min_decay(self)
 
     def _compute(self, base_lr: float, epoch: int) -> float:
         return base_lr * _between(self.min_decay, self.exp_decay**epoch)
@@ -169,13 +171,7 @@ class CosineScheduler(AbstractScheduler):
 
     def __post_init__(self) -> None:
         _check_int(self, 'decay_steps', self.decay_steps, 1)
-        _check_real(
-            self,
-            'min_decay',
-            self.min_decay,
-            'in [0, 1]',
-            lambda v: 0 <= v <= 1,
-        )
+        _check_min_decay(self)
 
     def _compute(self, base_lr: float, epoch: int) -> float:
         done = min(epoch, self.decay_steps) / self.decay_steps
@@ -198,13 +194,7 @@ class PolynomialScheduler(AbstractScheduler):
     def __post_init__(self) -> None:
         _check_int(self, 'max_epochs', self.max_epochs, 1)
         _check_real(self, 'power', self.power, '> 0', lambda v: v > 0)
-        _check_real(
-            self,
-            'min_decay',
-            self.min_decay,
-            'in [0, 1]',
-            lambda v: 0 <= v <= 1,
-        )
+        _check_min_decay(self)
 
     def _compute(self, base_lr: float, epoch: int) -> float:
         left = 1.0 - min(epoch, self.max_epochs) / self.max_epochs
