@@ -106,3 +106,22 @@ def isolated_kernel(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         logger.setLevel(saved_logger[0])
         logger.handlers[:] = saved_logger[1]
         logger.propagate = saved_logger[2]
+
+
+def kernel_in_tmp_path(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str]
+) -> Iterator[None]:
+    """Each test starts in its own folder with no default tracker.
+
+    A plain generator, registered by each test folder's conftest as its
+    autouse fixture: ``_kernel = pytest.fixture(autouse=True)(...)``.
+    """
+    monkeypatch.chdir(tmp_path)
+    with isolated_kernel(monkeypatch):
+        yield
+
+
+@pytest.fixture
+def recorder() -> RecordingTracker:
+    """A fresh recording tracker."""
+    return RecordingTracker()

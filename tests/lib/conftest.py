@@ -9,23 +9,14 @@ from typing import Any
 import pytest
 
 from drytorch import Experiment, Run
-from tests.helpers.kernel import RecordingTracker, isolated_kernel
+from tests.helpers.kernel import (
+    RecordingTracker,
+    kernel_in_tmp_path,
+    recorder,
+)
 
-
-@pytest.fixture(autouse=True)
-def _kernel(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
-) -> Iterator[None]:
-    """Each test starts in its own folder with no default tracker."""
-    monkeypatch.chdir(tmp_path)
-    with isolated_kernel(monkeypatch):
-        yield
-
-
-@pytest.fixture
-def recorder() -> RecordingTracker:
-    """A fresh recording tracker."""
-    return RecordingTracker()
+_kernel = pytest.fixture(autouse=True, name='_kernel')(kernel_in_tmp_path)
+__all__ = ['recorder']  # a shared fixture, registered by this import
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pathlib
 import socket
 import subprocess
 import sys
@@ -11,18 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers.kernel import isolated_kernel
+from tests.helpers.kernel import kernel_in_tmp_path
 from tests.trackers._support import free_port
 
-
-@pytest.fixture(autouse=True)
-def _kernel(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
-) -> Iterator[None]:
-    """Each test runs in its own folder, with no default tracker."""
-    monkeypatch.chdir(tmp_path)
-    with isolated_kernel(monkeypatch):
-        yield
+_kernel = pytest.fixture(autouse=True, name='_kernel')(kernel_in_tmp_path)
 
 
 @pytest.fixture(scope='session')
