@@ -162,13 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         train_digits(config, args.par_dir, args.run_id, args.resume)
-    except BaseException:
+    finally:
         teardown_distributed()
-        raise
-    # Every rank got here: leave together, so that no rank's collective
-    # threads still talk to a peer that is already shutting down.
-    ranks.barrier()
-    teardown_distributed()
     return 0
 
 

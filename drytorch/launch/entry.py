@@ -182,11 +182,6 @@ class DistributedJob:
             torch.set_num_threads(self.threads)
         params = {**self.kwargs, **(overrides or {})}
         task.say(f'{self.name} starts on {task.world_size} task(s).')
-        # set where every rank is known to reach the same point (the
-        # requeue decision is a broadcast), so that they can leave together
-        # before the group is destroyed; a normal return is not such a
-        # point, since another rank may have failed
-        together = False
         try:
             if task.world_size > 1 and not isinstance(self.fn, ScriptJob):
                 init_distributed()
@@ -200,16 +195,11 @@ class DistributedJob:
                     f'{task.rank}.'
                 ) from exit_
             status = self._requeue(task)
-            together = True
             if status is None:
                 raise
             raise SystemExit(status) from None
         finally:
             if own_process:
-                if together:
-                    # a rank that destroys its group while a peer's gloo
-                    # threads still talk to it can abort at exit
-                    ranks.barrier()
                 teardown_distributed()
         task.say(f'{self.name} finished.')
         return result
