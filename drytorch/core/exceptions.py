@@ -14,9 +14,11 @@ from typing import Any
 __all__ = [
     'AccessOutsideScopeError',
     'CheckpointNotFoundError',
+    'CheckpointWriteError',
     'ConvergenceError',
     'DryTorchError',
     'DryTorchWarning',
+    'EpochCountError',
     'LossNotScalarError',
     'MissingDependencyError',
     'ModelAlreadyRegisteredError',
@@ -188,15 +190,32 @@ class LossNotScalarError(DryTorchError, ValueError):
 
 
 class ConvergenceError(DryTorchError, FloatingPointError):
-    """Raised when the loss is not finite."""
+    """Raised when the loss is not finite.
 
-    def __init__(self, value: float, epoch: int, batch: int | None) -> None:
-        where = f'batch {batch}' if batch is not None else 'on another rank'
+    Under a process group the rank and the batch are those where a
+    non-finite value first appeared (the lowest rank, if several at once),
+    so that the message points at the data that caused it.
+    """
+
+    def __init__(
+        self,
+        value: float,
+        epoch: int,
+        batch: int | None,
+        rank: int | None = None,
+    ) -> None:
+        where = f'batch {batch}' if batch is not None else 'an unknown batch'
+        if rank is not None:
+            where = f'{where} on rank {rank}'
         super().__init__(
             f'The loss is {value} at epoch {epoch}, {where}; training '
             'stopped. Lower the learning rate, clip gradients or check the '
             'input data.'
         )
+        self.value = value
+        self.epoch = epoch
+        self.batch = batch
+        self.rank = rank
 
 
 class CheckpointNotFoundError(DryTorchError, FileNotFoundError):
@@ -207,6 +226,36 @@ class CheckpointNotFoundError(DryTorchError, FileNotFoundError):
         super().__init__(
             f'No complete checkpoint for {which} in {where}. Save one with '
             '`trainer.save_checkpoint()` first, or check the run id.'
+        )
+
+
+class EpochCountError(DryTorchError, TypeError, ValueError):
+    """Raised when a number of epochs is not a whole, non-negative number.
+
+    Both a TypeError and a ValueError: ``train(1.5)`` has the wrong type,
+    ``train(-1)`` the wrong value, and either is caught as the user expects.
+    """
+
+    def __init__(self, name: str, value: object) -> None:
+        if isinstance(value, int) and not isinstance(value, bool):
+            super().__init__(f'{name} must be >= 0, got {value!r}.')
+            return
+        super().__init__(
+            f'{name} must be a whole number of epochs, got {value!r} '
+            f'({type(value).__name__}). Pass an int, for example 2: an '
+            'epoch is never split.'
+        )
+
+
+class CheckpointWriteError(DryTorchError, OSError):
+    """Raised on every rank when rank zero could not write a checkpoint."""
+
+    def __init__(self, where: pathlib.Path | str, cause: str) -> None:
+        super().__init__(
+            f'Could not write a checkpoint in {where}: {cause}. The previous '
+            "checkpoints are untouched. Free disk space, fix the folder's "
+            'permissions, or give the model a `LocalCheckpoint(par_dir=...)` '
+            'on a writable file system.'
         )
 
 

@@ -83,6 +83,7 @@ class _Decision:
     attempt: int
     previous_world_size: int
     timestamp: datetime.datetime
+    previous_status: str | None = None
 
 
 class Run:
@@ -134,6 +135,17 @@ class Run:
         return self._decision.previous_world_size
 
     @property
+    def previous_status(self) -> str | None:
+        """How the previous attempt ended (resumed runs), else None.
+
+        'completed' means the script is being continued, not repeated: a
+        trainer then matches none of its calls with the earlier attempt's.
+        """
+        if self._decision is None or not self._decision.resumed:
+            return None
+        return self._decision.previous_status
+
+    @property
     def timestamp(self) -> datetime.datetime:
         """When this attempt started."""
         if self._decision is None:
@@ -179,7 +191,8 @@ class Run:
         self.status = 'running'
         exp = self.experiment
         exp.metadata_manager.reset()
-        watcher.reset()
+        # no reset: a signal that came after the previous run's last step
+        # must stop this one (a sweep in a job that is being preempted)
         self._signals = watcher.armed()
         self._signals.__enter__()
         Experiment._current_run_obj = self
@@ -228,6 +241,7 @@ class Run:
                     # are armed: the SIGTERM with which SLURM ends a
                     # requeued job then only sets the flag
                     request_requeue()
+                    watcher.reset()
             finally:
                 if self._signals is not None:
                     self._signals.__exit__(None, None, None)
@@ -282,6 +296,7 @@ class Run:
                     target = named
         if target is not None:
             previous = target.world_size
+            previous_status = target.status
             record = registry.update(
                 target.run_id,
                 status='running',
@@ -291,7 +306,12 @@ class Run:
             if job_index is not None:
                 Run._job_runs[counter] = job_index + 1
             return _Decision(
-                record.run_id, True, record.attempts, previous, now
+                record.run_id,
+                True,
+                record.attempts,
+                previous,
+                now,
+                previous_status,
             )
         record = registry.reserve(
             self.requested_id,

@@ -83,7 +83,6 @@ class PreemptionWatcher:
         self.signalled_at: float | None = None
         self.signum: int | None = None
         self._previous: dict[int, object] = {}
-        self._depth = 0
 
     @property
     def requested(self) -> bool:
@@ -100,7 +99,7 @@ class PreemptionWatcher:
         self._handle(signal.SIGUSR2, None)
 
     def reset(self) -> None:
-        """Forget a signal (a new attempt starts)."""
+        """Forget a signal, once a run has stopped for it."""
         self.signalled_at = None
         self.signum = None
 
@@ -108,7 +107,14 @@ class PreemptionWatcher:
     def armed(
         self, signals: Sequence[signal.Signals] | None = None
     ) -> Iterator[PreemptionWatcher]:
-        """Install the handlers for the duration of the block.
+        """Install the handlers (if not yet) for the block and after it.
+
+        The handlers stay installed once a run has armed them: a signal
+        that arrives after a run's last step, or between two runs of a
+        sweep, is kept, and the next run stops at its first step boundary
+        and asks to be requeued, instead of the process dying from the
+        default handler in between.  :meth:`disarm` restores the previous
+        handlers, for a script that wants a late SIGTERM to end it.
 
         Handlers can only be installed from the main thread; elsewhere the
         block runs unwatched (the flag can still be set by :meth:`request`).
@@ -116,18 +122,23 @@ class PreemptionWatcher:
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
-        self._depth += 1
-        if self._depth == 1:
+        if not self._previous:
             for sig in signals or configured_signals():
                 self._previous[sig] = signal.signal(sig, self._handle)
-        try:
-            yield self
-        finally:
-            self._depth -= 1
-            if self._depth == 0:
-                for sig, handler in self._previous.items():
-                    signal.signal(sig, handler)  # type: ignore[arg-type]
-                self._previous.clear()
+        yield self
+
+    @property
+    def installed(self) -> bool:
+        """Whether the handlers are installed."""
+        return bool(self._previous)
+
+    def disarm(self) -> None:
+        """Restore the handlers that were there before the first run."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous.clear()
 
 
 watcher = PreemptionWatcher()

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from drytorch.core import exceptions, log_events
 from drytorch.distributed import ranks
@@ -256,11 +257,25 @@ class Runner:
     def _raise_non_finite(
         self, means: dict[str, float], bad: int | None, start_batch: int
     ) -> None:
+        """Raise on every rank, naming where the first bad value appeared.
+
+        The flag only says that some rank saw one; when it is raised (once,
+        and training stops) the ranks exchange their first bad batch, so
+        that every rank names the same rank and batch (the lowest rank, if
+        several at once).
+        """
         epoch = self.model.epoch + 1
-        if bad is None:
-            raise exceptions.ConvergenceError(float('nan'), epoch, None)
         value = next(iter(means.values()), float('nan'))
-        raise exceptions.ConvergenceError(value, epoch, start_batch + bad + 1)
+        mine = None if bad is None else start_batch + bad + 1
+        found: list[Any] = [mine]
+        if ranks.is_distributed():
+            found = [None] * ranks.get_world_size()
+            dist.all_gather_object(found, mine)
+        for rank, batch in enumerate(found):
+            if batch is not None:
+                where = rank if ranks.is_distributed() else None
+                raise exceptions.ConvergenceError(value, epoch, batch, where)
+        raise exceptions.ConvergenceError(value, epoch, None)
 
     def describe(self) -> dict[str, Any]:
         return {

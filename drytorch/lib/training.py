@@ -1,74 +1,58 @@
 """The trainer: epochs of optimisation, validation, hooks and checkpoints.
 
 Every rank runs the same code: hooks see global metrics, so they take the
-same decisions everywhere; checkpoints are gathered (every rank's random
-state and partial sums) and written by rank zero alone.
+same decisions everywhere.  A decision that one rank may still take alone,
+``terminate_training`` called from a hook that reads the wall clock say, is
+agreed at the end of the epoch (one small reduction), so that every rank
+stops after the same epoch with the same reason.  Checkpoints are gathered
+(every rank's random state and partial sums) and written by rank zero
+alone; see ``trainer_state``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import random
+import operator
 import warnings
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from drytorch.core import exceptions, log_events
 from drytorch.core.experimenting import Experiment
 from drytorch.distributed import ranks
+from drytorch.distributed.agreement import (
+    checkpoint_timeout as agreement_timeout,
+)
 from drytorch.distributed.preemption import watcher
+from drytorch.distributed.reduce import Flag, PackedReducer
+from drytorch.lib import trainer_state
 from drytorch.lib.evaluations import Validation, _compute
 from drytorch.lib.learning import LearningSchema
 from drytorch.lib.loading import DataLoader
 from drytorch.lib.models import Model
 from drytorch.lib.objectives import LossBase
+from drytorch.lib.resume import Position
 from drytorch.lib.runners import LoopOutcome, Runner, to_device, unpack_batch
 
 __all__ = ['Trainer']
 
 Hook = Callable[['Trainer'], None]
-CHECKPOINT_FORMAT = 1
 
 
-@dataclasses.dataclass
-class _Position:
-    """Where a restored trainer continues inside the epoch loop.
-
-    ``phase`` is 'train' (``batch`` batches of epoch ``epoch + 1`` done),
-    'validate' (epoch ``epoch`` trained, validation and hooks pending) or
-    'done' (epoch ``epoch`` complete).
-    """
-
-    epoch: int
-    batch: int
-    phase: str
-    call: int | None = None
-    end_epoch: int | None = None
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state: dict[str, Any] = {
-        'python': random.getstate(),
-        'numpy': np.random.get_state(),
-        'torch': torch.get_rng_state(),
-    }
-    if device.type == 'cuda':
-        state['cuda'] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    random.setstate(state['python'])
-    np.random.set_state(state['numpy'])
-    # generators take their state as a CPU tensor; a checkpoint loaded with
-    # map_location on a GPU brings it there
-    torch.set_rng_state(state['torch'].cpu())
-    if 'cuda' in state and device.type == 'cuda':
-        torch.cuda.set_rng_state(state['cuda'].cpu(), device)
+def _epoch_count(name: str, value: Any) -> int:
+    """``value`` as a whole number of epochs, or a clear error."""
+    if isinstance(value, bool):
+        raise exceptions.EpochCountError(name, value)
+    try:
+        count = operator.index(value)
+    except TypeError:
+        raise exceptions.EpochCountError(name, value) from None
+    if count < 0:
+        raise exceptions.EpochCountError(name, value)
+    return count
 
 
 class Trainer(Runner):
@@ -81,6 +65,9 @@ class Trainer(Runner):
         loss: the loss to minimise (its components are logged too).
         learning_schema: optimiser, learning-rate schedule and clipping.
         sync_every: steps between sync points (None: adaptive).
+        checkpoint_timeout: seconds the other ranks wait for rank zero to
+            write a checkpoint (default ``$DRYTORCH_CHECKPOINT_TIMEOUT`` or
+            600); a failed write stops every rank at once with its cause.
 
     """
 
@@ -93,6 +80,7 @@ class Trainer(Runner):
         loss: LossBase,
         learning_schema: LearningSchema,
         sync_every: int | None = None,
+        checkpoint_timeout: float | None = None,
     ) -> None:
         if not isinstance(loss, LossBase):
             raise TypeError(
@@ -116,10 +104,19 @@ class Trainer(Runner):
         self.metrics: dict[str, float] = {}
         self.base_lr: float | dict[str, float] | None = None
         self.terminated: str | None = None
+        self.checkpoint_timeout = agreement_timeout(checkpoint_timeout)
         self._train_calls = 0
-        self._position: _Position | None = None
-        self._active: tuple[int | None, int | None] = (None, None)
+        self._position: Position | None = None
+        # (call, end epoch, whether the call has returned)
+        self._active: tuple[int | None, int | None, bool] = (None, None, True)
         self._resume_checked = False
+        self._in_hooks = False
+        self._save_requested = False
+        self._agreement = PackedReducer(model.device)
+        # bumped whenever the state changes, so that a save of a state
+        # already on disk (save_checkpoint() right after train()) is skipped
+        self._revision = 0
+        self._last_save: tuple[tuple[Any, ...], str] | None = None
         self._module: torch.nn.Module = model.module
         self.register()
 
@@ -138,7 +135,11 @@ class Trainer(Runner):
         self.validation_interval = interval
 
     def terminate_training(self, reason: str) -> None:
-        """Stop after the current epoch (on every rank), for ``reason``."""
+        """Stop after the current epoch (on every rank), for ``reason``.
+
+        May be called on one rank only: the ranks agree at the end of the
+        epoch, and all stop after it with this reason.
+        """
         self.terminated = reason
         self.terminate_requested = True
 
@@ -154,6 +155,7 @@ class Trainer(Runner):
             )
         if base_lr is not None:
             self.base_lr = base_lr
+        self._revision += 1
         self._apply_lr()
         log_events.LearningRateEvent(
             model_name=self.model.name,
@@ -170,37 +172,61 @@ class Trainer(Runner):
 
     # ------------------------------------------------------------ training
     def train(self, n_epochs: int) -> None:
-        """Train for ``n_epochs`` more epochs."""
-        if n_epochs < 0:
-            raise ValueError(f'n_epochs must be >= 0, got {n_epochs!r}.')
-        self._train(lambda: self.model.epoch + n_epochs)
+        """Train for ``n_epochs`` more epochs (a whole number)."""
+        count = _epoch_count('n_epochs', n_epochs)
+        self._train(lambda: self.model.epoch + count)
 
     def train_until(self, epoch: int) -> None:
         """Train until the model has completed ``epoch`` epochs."""
-        if epoch < self.model.epoch:
-            warnings.warn(
-                exceptions.DryTorchWarning(
-                    f'The model is already at epoch {self.model.epoch}, '
-                    f'past {epoch}; nothing to train.'
-                ),
-                stacklevel=2,
-            )
-        self._train(lambda: epoch)
+        target = _epoch_count('epoch', epoch)
+        self._train(lambda: target, until=target)
 
-    def _train(self, target: Callable[[], int]) -> None:
+    def _train(
+        self, target: Callable[[], int], until: int | None = None
+    ) -> None:
+        """Run one training call of the script, resuming it if it was cut.
+
+        Calls are numbered in the order the script makes them; a resumed
+        attempt skips the calls that an earlier attempt finished and
+        completes the one it was in, towards the target that call had.
+        """
         self._train_calls += 1
         call = self._train_calls
         self._auto_resume()
         position = self._position
-        if position is not None and position.call is not None:
-            if call < position.call:
-                return
-            end = position.end_epoch or target()
-        else:
+        resuming = position is not None and position.call == call
+        if (
+            position is not None
+            and position.call is not None
+            and (call < position.call or (resuming and position.finished))
+        ):
+            # finished by an earlier attempt
+            if resuming:
+                self._position = None
+            return
+        end = position.end_epoch if resuming and position else None
+        if end is None:
             end = target()
-        self.terminated = None
+        if not resuming:
+            self.terminated = None
+        if until is not None and until < self.model.epoch and not resuming:
+            warnings.warn(
+                exceptions.DryTorchWarning(
+                    f'The model is already at epoch {self.model.epoch}, '
+                    f'past {until}; nothing to train.'
+                ),
+                stacklevel=3,
+            )
         self.terminate_requested = False
-        if end <= self.model.epoch and position is None:
+        at_boundary = position is None or position.phase == 'done'
+        if at_boundary and (
+            self.model.epoch >= end or (resuming and self.terminated)
+        ):
+            # nothing left of this call: an earlier attempt was stopped
+            # after its last epoch, before the call returned
+            self._position = None
+            if resuming:
+                self._finish(call, end)
             return
         self._module = self.model.training_module()
         log_events.StartTrainingEvent(
@@ -209,48 +235,102 @@ class Trainer(Runner):
             start_epoch=self.model.epoch + 1,
             end_epoch=end,
         )
-        self._active = (call, end)
+        self._active = (call, end, False)
         try:
             self._epochs(end, call)
         finally:
-            self._active = (call, self.model.epoch)
+            self._active = (call, self.model.epoch, True)
             log_events.EndTrainingEvent(source_name=self.name)
+        self._finish(call, end)
+
+    def _finish(self, call: int, end: int) -> None:
+        """Checkpoint the end of a training call.
+
+        A preemption after it (during the test, or between ``train()`` and
+        the test) then resumes with the training done: the resumed script
+        skips this call and runs only what remains.  Bookkeeping, not a
+        user's save: no event is published.
+        """
+        position = Position(self.model.epoch, 0, 'done', call, end, True)
+        self._last_save = (
+            self._save_key(position),
+            trainer_state.save(self, position),
+        )
 
     def _epochs(self, end: int, call: int) -> None:
         while self.model.epoch < end or self._position is not None:
-            position = self._position or _Position(
-                self.model.epoch, 0, 'train'
-            )
+            position = self._position or Position(self.model.epoch, 0, 'train')
             self._position = None
-            epoch = position.epoch + 1
+            epoch = position.epoch
             if position.phase == 'train':
+                epoch += 1
                 outcome = self._train_epoch(epoch, position.batch, end, call)
-                pending = outcome.preempted
-            else:
-                pending, epoch = False, position.epoch
-                self.terminate_requested = False
-            if position.phase in ('train', 'validate'):
-                if pending:
+                if outcome.preempted:
+                    # the flag came with the epoch's last step
                     self._preempt(epoch, 0, 'validate', call, end)
-                pending = self._validate(epoch, call, end) or pending
-                for hook in self.post_epoch_hooks:
-                    hook(self)
-                log_events.EndEpochEvent(
-                    source_name=self.name,
-                    model_name=self.model.name,
-                    epoch=epoch,
-                )
-            if pending or (not ranks.is_distributed() and watcher.requested):
-                self._preempt(epoch, 0, 'done', call, end)
-            if self.terminated is not None or self.terminate_requested:
-                reason = self.terminated or 'requested on another rank'
+            if position.phase != 'done':
+                self._end_epoch(epoch, call, end)
+            if self.terminated is not None:
                 log_events.TerminatedTrainingEvent(
                     source_name=self.name,
                     model_name=self.model.name,
                     epoch=self.model.epoch,
-                    reason=reason,
+                    reason=self.terminated,
                 )
                 break
+
+    def _end_epoch(self, epoch: int, call: int, end: int) -> None:
+        """Validation, hooks, then what every rank must agree on.
+
+        Checkpoints that hooks ask for (``SaveEveryEpochs``) are written
+        after every hook has run and the stop is agreed, so that they hold
+        the epoch's final state: an early stop decided by a later hook, and
+        every hook's counters, come back with them.
+        """
+        preempted = self._validate(epoch, call, end)
+        self._in_hooks, self._save_requested = True, False
+        try:
+            for hook in self.post_epoch_hooks:
+                hook(self)
+        finally:
+            self._in_hooks = False
+        log_events.EndEpochEvent(
+            source_name=self.name,
+            model_name=self.model.name,
+            epoch=epoch,
+        )
+        preempted = self._agree_on_stop(preempted)
+        if preempted:
+            self._preempt(epoch, 0, 'done', call, end)
+        if self._save_requested:
+            self._save_requested = False
+            self._save(Position(epoch, 0, 'done', call, end))
+
+    def _agree_on_stop(self, preempted: bool) -> bool:
+        """Agree on terminate and preempt; True when preempting.
+
+        One reduction per epoch under a process group (none alone); the
+        reasons are gathered only when some rank asked to stop.
+        """
+        stop = self.terminated is not None or self.terminate_requested
+        if not ranks.is_distributed():
+            if stop and self.terminated is None:
+                self.terminated = 'requested'
+            return preempted or watcher.requested
+        flags: set[Flag] = set()
+        if stop:
+            flags.add(Flag.terminate)
+        if preempted or watcher.requested:
+            flags.add(Flag.preempt)
+        empty = torch.zeros(0, dtype=torch.float64, device=self.model.device)
+        reduced = self._agreement.reduce(empty, 0, flags)
+        if Flag.terminate in reduced.flags:
+            reasons: list[Any] = [None] * ranks.get_world_size()
+            dist.all_gather_object(reasons, self.terminated)
+            self.terminated = next(
+                (r for r in reasons if r), 'requested on another rank'
+            )
+        return Flag.preempt in reduced.flags
 
     def _train_epoch(
         self, epoch: int, start_batch: int, end: int, call: int
@@ -275,8 +355,9 @@ class Trainer(Runner):
         if outcome.preempted and not outcome.finished:
             self._preempt(epoch - 1, outcome.steps_done, 'train', call, end)
         self.model.epoch = epoch
+        self._revision += 1
         self.metrics = outcome.metrics
-        if outcome.terminate and self.terminated is None:
+        if outcome.terminate:
             self.terminate_requested = True
         log_events.MetricEvent(
             model_name=self.model.name,
@@ -327,71 +408,19 @@ class Trainer(Runner):
         return outcome.preempted
 
     # ------------------------------------------------------------ state
-    def state_dict(self, position: _Position | None = None) -> dict[str, Any]:
+    def state_dict(self, position: Position | None = None) -> dict[str, Any]:
         """Everything needed to continue exactly (collective: gathers).
 
         Every rank must call it: the random states and partial metric sums
         of all ranks are gathered so that each rank gets its own back.
         """
-        position = position or _Position(self.model.epoch, 0, 'done')
-        mine = {
-            'rng': _rng_state(self.model.device),
-            'accumulator': self.accumulator.state_dict(),
-        }
-        per_rank: list[Any] = [mine]
-        if ranks.is_distributed():
-            per_rank = [None] * ranks.get_world_size()
-            dist.all_gather_object(per_rank, mine)
-        hooks = self.pre_epoch_hooks + self.post_epoch_hooks
-        run = Experiment.get_current().run
-        return {
-            'format': CHECKPOINT_FORMAT,
-            'model': self.model.state_dict(),
-            'optimizer': self.optimizer.state_dict(),
-            'scaler': self.scaler.state_dict(),
-            'base_lr': self.base_lr,
-            'scheduler': self.learning_schema.scheduler,
-            'loader': self.loader.state_dict(),
-            'position': dataclasses.asdict(position),
-            'metrics': self.metrics,
-            'terminated': self.terminated,
-            'hooks': [
-                h.state_dict() if hasattr(h, 'state_dict') else None
-                for h in hooks
-            ],
-            'ranks': per_rank,
-            'world_size': ranks.get_world_size(),
-            'run': {'id': run.id, 'attempt': run.attempt},
-        }
+        position = position or Position(self.model.epoch, 0, 'done')
+        return trainer_state.collect(self, position)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a checkpoint written by :meth:`state_dict`."""
-        position = _Position(**state['position'])
-        world = ranks.get_world_size()
-        saved_world = int(state['world_size'])
-        if position.phase == 'train' and saved_world != world:
-            raise exceptions.WorldSizeChangedError(saved_world, world)
-        self.model.load_state_dict(state['model'])
-        self.optimizer.load_state_dict(state['optimizer'])
-        self.scaler.load_state_dict(state['scaler'])
-        self.base_lr = state['base_lr']
-        self.learning_schema = dataclasses.replace(
-            self.learning_schema, scheduler=state['scheduler']
-        )
-        self.loader.load_state_dict(state['loader'])
-        self.metrics = dict(state['metrics'])
-        hooks = self.pre_epoch_hooks + self.post_epoch_hooks
-        for hook, hook_state in zip(hooks, state['hooks'], strict=False):
-            if hook_state is not None and hasattr(hook, 'load_state_dict'):
-                hook.load_state_dict(hook_state)
-        per_rank = state['ranks']
-        mine = per_rank[ranks.get_rank() % len(per_rank)]
-        _set_rng_state(mine['rng'], self.model.device)
-        if position.phase == 'train':
-            self.accumulator.load_state_dict(mine['accumulator'])
-        self._position = None if position.phase == 'done' else position
-        if position.phase == 'done' and position.call is not None:
-            self._position = position
+        self._position = trainer_state.restore(self, state)
+        self._revision += 1
         self._apply_lr()
 
     def save_checkpoint(self) -> None:
@@ -399,19 +428,27 @@ class Trainer(Runner):
 
         The position records which ``train`` call of the script was running
         and its last epoch, so that a resumed script skips the calls that
-        had finished and completes the one that had not.
+        had finished and completes the one that had not.  Called from a
+        post-epoch hook, the write waits until every hook has run.
         """
-        call, end = self._active
-        self._save(_Position(self.model.epoch, 0, 'done', call, end))
+        if self._in_hooks:
+            self._save_requested = True
+            return
+        call, end, finished = self._active
+        self._save(
+            Position(self.model.epoch, 0, 'done', call, end, finished=finished)
+        )
 
-    def _save(self, position: _Position) -> str:
-        state = self.state_dict(position)
-        location = ''
-        if ranks.is_rank_zero():
-            location = self.model.checkpoint.save(
-                state, position.epoch, position.batch
-            )
-        ranks.barrier()
+    def _save_key(self, position: Position) -> tuple[Any, ...]:
+        return (self._revision, *dataclasses.astuple(position))
+
+    def _save(self, position: Position) -> str:
+        key = self._save_key(position)
+        if self._last_save is not None and self._last_save[0] == key:
+            location = self._last_save[1]  # this very state is on disk
+        else:
+            location = trainer_state.save(self, position)
+            self._last_save = (key, location)
         log_events.SaveModelEvent(
             model_name=self.model.name,
             definition='checkpoint',
@@ -421,46 +458,63 @@ class Trainer(Runner):
         return location
 
     def load_checkpoint(self, epoch: int = -1) -> None:
-        """Load the full training state of ``epoch`` (-1: the newest)."""
-        state, info = self.model.checkpoint.load(
-            epoch, mid_epoch=epoch < 0, map_location=self.model.device
+        """Load the full training state of ``epoch`` (-1: the newest).
+
+        Rank zero chooses the file; every rank loads that one.
+        """
+        chosen = trainer_state.choose_and_read(
+            self, epoch, mid_epoch=epoch < 0, required=True
         )
+        assert chosen is not None
+        state, location = chosen
         self.load_state_dict(state)
         # The caller chose this state: the automatic restore of a resumed
         # run must not replace it with the newest checkpoint at the next
         # train() call (which then trained nothing, or from elsewhere).
         self._resume_checked = True
+        self._forget_calls()
+        log_events.LoadModelEvent(
+            model_name=self.model.name,
+            definition='checkpoint',
+            location=location,
+            epoch=self.model.epoch,
+        )
+
+    def _forget_calls(self) -> None:
+        """Treat the restored state as a fresh start for the script's calls."""
         if self._position is not None:
             self._position.call = None
             self._position.end_epoch = None
             if self._position.phase == 'done':
                 self._position = None
-        log_events.LoadModelEvent(
-            model_name=self.model.name,
-            definition='checkpoint',
-            location=str(info.path),
-            epoch=self.model.epoch,
-        )
 
     def _auto_resume(self) -> None:
-        """On a resumed run, restore the newest checkpoint once."""
+        """On a resumed run, restore the newest checkpoint once.
+
+        When the earlier attempt completed, the script is being continued
+        rather than repeated: its calls are not matched with the earlier
+        ones, so ``train(3)`` trains three more epochs.
+        """
         if self._resume_checked:
             return
         self._resume_checked = True
         run = Experiment.get_current().run
+        trainer_state.clean_leftovers(self)
         if not run.resumed:
             return
-        try:
-            state, info = self.model.checkpoint.load(
-                -1, map_location=self.model.device
-            )
-        except exceptions.CheckpointNotFoundError:
+        chosen = trainer_state.choose_and_read(
+            self, -1, mid_epoch=True, required=False
+        )
+        if chosen is None:
             return
+        state, location = chosen
         self.load_state_dict(state)
+        if run.previous_status == 'completed':
+            self._forget_calls()
         log_events.LoadModelEvent(
             model_name=self.model.name,
             definition='checkpoint',
-            location=str(info.path),
+            location=location,
             epoch=self.model.epoch,
         )
 
@@ -468,7 +522,7 @@ class Trainer(Runner):
         self, epoch: int, batch: int, phase: str, call: int, end: int
     ) -> None:
         """Checkpoint the exact position, then leave with 'requeue me'."""
-        self._save(_Position(epoch, batch, phase, call, end))
+        self._save(Position(epoch, batch, phase, call, end))
         raise exceptions.PreemptedExit(
             f'Preempted at epoch {epoch}, batch {batch}; the checkpoint is '
             'saved and the run will resume there.'

@@ -25,6 +25,7 @@ from typing_extensions import override
 
 from drytorch.core import log_events, tracking
 from drytorch.core.experimenting import Experiment
+from drytorch.distributed.preemption import watcher
 from tests.helpers.multiprocess import LAUNCHER_PREFIXES, LAUNCHER_VARIABLES
 
 __all__ = ['FailingTracker', 'RecordingTracker', 'isolated_kernel']
@@ -83,7 +84,10 @@ class FailingTracker(RecordingTracker):
 
 @contextlib.contextmanager
 def isolated_kernel(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No default tracker, no launcher variable, nothing left running."""
+    """No default tracker, no launcher variable, nothing left running.
+
+    Nor a preemption flag or signal handler left by a run.
+    """
     for name in list(os.environ):
         if name in LAUNCHER_VARIABLES or name.startswith(LAUNCHER_PREFIXES):
             monkeypatch.delenv(name)
@@ -99,6 +103,10 @@ def isolated_kernel(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         if run is not None:
             run.stop('failed')
         Experiment._current_run_obj = None
+        # runs leave the signal handlers installed (and a late signal
+        # pending) on purpose; a test must not pass them to the next
+        watcher.reset()
+        watcher.disarm()
         tracking.EventDispatcher._active = None
         log_events.Event.set_publisher(None)
         tracking.DEFAULT_TRACKERS.clear()

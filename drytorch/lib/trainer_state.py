@@ -1,0 +1,212 @@
+"""A trainer's checkpoint: what it holds, who writes it, who chooses it.
+
+Rules kept here, for every rank and every path:
+
+- every rank's random streams and partial sums are gathered into the
+  checkpoint, so each rank gets its own back (new ranks derive theirs);
+- rank zero alone writes, and every rank learns the outcome: a failed write
+  (disk full, permissions, a file where the folder should be) stops every
+  rank within seconds with the real cause, and the wait for a slow write has
+  its own timeout (``Trainer(checkpoint_timeout=...)``), not the process
+  group's;
+- rank zero alone chooses the checkpoint to resume from, and every rank
+  loads that one: a file unreadable on one rank cannot make the ranks
+  resume at different positions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+
+from drytorch.core import exceptions
+from drytorch.core.experimenting import Experiment
+from drytorch.distributed import agreement, ranks
+from drytorch.lib.resume import Position, rng_state, stream_for_rank
+
+if TYPE_CHECKING:
+    from drytorch.lib.training import Trainer
+
+__all__ = ['choose_and_read', 'clean_leftovers', 'collect', 'restore', 'save']
+
+CHECKPOINT_FORMAT = 1
+
+
+def _hooks(trainer: Trainer) -> list[Any]:
+    return [*trainer.pre_epoch_hooks, *trainer.post_epoch_hooks]
+
+
+def collect(trainer: Trainer, position: Position) -> dict[str, Any]:
+    """The full training state at ``position`` (collective: gathers)."""
+    mine = {
+        'rng': rng_state(trainer.model.device),
+        'accumulator': trainer.accumulator.state_dict(),
+    }
+    per_rank: list[Any] = [mine]
+    if ranks.is_distributed():
+        per_rank = [None] * ranks.get_world_size()
+        dist.all_gather_object(per_rank, mine)
+    validation = trainer.validation
+    run = Experiment.get_current().run
+    return {
+        'format': CHECKPOINT_FORMAT,
+        'model': trainer.model.state_dict(),
+        'optimizer': trainer.optimizer.state_dict(),
+        'scaler': trainer.scaler.state_dict(),
+        'base_lr': trainer.base_lr,
+        'scheduler': trainer.learning_schema.scheduler,
+        'loader': trainer.loader.state_dict(),
+        'position': dataclasses.asdict(position),
+        'metrics': trainer.metrics,
+        'validation_metrics': dict(validation.metrics) if validation else {},
+        'terminated': trainer.terminated,
+        'hooks': [
+            h.state_dict() if hasattr(h, 'state_dict') else None
+            for h in _hooks(trainer)
+        ],
+        'ranks': per_rank,
+        'world_size': ranks.get_world_size(),
+        'run': {'id': run.id, 'attempt': run.attempt},
+    }
+
+
+def restore(trainer: Trainer, state: dict[str, Any]) -> Position | None:
+    """Put ``state`` back; the position to continue from (None: a fresh one).
+
+    A position inside an epoch needs the world size it was written with
+    (each rank's shard of the epoch depends on it).  At an epoch boundary
+    any number of ranks can continue; ranks the checkpoint did not know get
+    streams derived from the saved ones (see ``resume.stream_for_rank``).
+    """
+    position = Position(**state['position'])
+    world = ranks.get_world_size()
+    saved_world = int(state['world_size'])
+    if position.phase == 'train' and saved_world != world:
+        raise exceptions.WorldSizeChangedError(saved_world, world)
+    trainer.model.load_state_dict(state['model'])
+    trainer.optimizer.load_state_dict(state['optimizer'])
+    trainer.scaler.load_state_dict(state['scaler'])
+    trainer.base_lr = state['base_lr']
+    trainer.learning_schema = dataclasses.replace(
+        trainer.learning_schema, scheduler=state['scheduler']
+    )
+    trainer.loader.load_state_dict(state['loader'])
+    trainer.metrics = dict(state['metrics'])
+    if trainer.validation is not None:
+        trainer.validation.metrics = dict(state.get('validation_metrics', {}))
+    trainer.terminated = state.get('terminated')
+    for hook, hook_state in zip(_hooks(trainer), state['hooks'], strict=False):
+        if hook_state is not None and hasattr(hook, 'load_state_dict'):
+            hook.load_state_dict(hook_state)
+    per_rank = state['ranks']
+    rank = ranks.get_rank()
+    stream_for_rank(per_rank, rank, trainer.model.device)
+    if position.phase == 'train':
+        trainer.accumulator.load_state_dict(per_rank[rank]['accumulator'])
+    if position.phase == 'done' and position.call is None:
+        return None
+    return position
+
+
+def _score(trainer: Trainer) -> float | None:
+    """The value that retention ranks checkpoints by (None: no ranking).
+
+    The checkpoint's monitored metric (``LocalCheckpoint(monitor=...)``,
+    the loss by default), from the validation when it ran, else training.
+    """
+    checkpoint = trainer.model.checkpoint
+    if not getattr(checkpoint, 'keep_best', 0):
+        return None
+    name = getattr(checkpoint, 'monitor', None) or trainer.loss.name
+    validation = trainer.validation
+    for metrics in (validation.metrics if validation else {}, trainer.metrics):
+        value = metrics.get(name)
+        if value is not None and math.isfinite(value):
+            return float(value)
+    return None
+
+
+def save(trainer: Trainer, position: Position) -> str:
+    """Gather, let rank zero write, and tell every rank how it went."""
+    state = collect(trainer, position)
+    checkpoint = trainer.model.checkpoint
+    score = _score(trainer)
+
+    def write() -> str:
+        try:
+            if score is None:
+                return checkpoint.save(state, position.epoch, position.batch)
+            return checkpoint.save(
+                state, position.epoch, position.batch, score=score
+            )
+        except OSError as err:
+            raise exceptions.CheckpointWriteError(
+                checkpoint.directory, f'{err.__class__.__name__}: {err}'
+            ) from err
+
+    return agreement.on_rank_zero(
+        write,
+        'write a checkpoint',
+        trainer.checkpoint_timeout,
+        failure=lambda cause: exceptions.CheckpointWriteError(
+            checkpoint.directory, f'on rank zero, {cause}'
+        ),
+    )
+
+
+def choose_and_read(
+    trainer: Trainer, epoch: int, *, mid_epoch: bool, required: bool
+) -> tuple[dict[str, Any], str] | None:
+    """Rank zero's choice of checkpoint, read on every rank (collective).
+
+    Returns None when there is none and ``required`` is false; raises
+    :class:`~drytorch.core.exceptions.CheckpointNotFoundError` on every
+    rank when there is none and it is required.
+    """
+    checkpoint = trainer.model.checkpoint
+    device = trainer.model.device
+    mine: dict[str, Any] = {}
+
+    def choose() -> str | None:
+        try:
+            state, info = checkpoint.load(
+                epoch, mid_epoch=mid_epoch, map_location=device
+            )
+        except exceptions.CheckpointNotFoundError:
+            return None
+        mine['state'] = state
+        return str(info.path)
+
+    path = agreement.on_rank_zero(
+        choose, 'choose a checkpoint', trainer.checkpoint_timeout
+    )
+    if path is None:
+        if required:
+            raise exceptions.CheckpointNotFoundError(
+                checkpoint.directory, epoch
+            )
+        return None
+    problem = None
+    if 'state' not in mine:
+        try:
+            mine['state'] = torch.load(
+                path, map_location=device, weights_only=False
+            )
+        except Exception as err:  # noqa: BLE001 - reported on every rank
+            kind = err.__class__.__name__
+            problem = f'{path} cannot be read ({kind}: {err})'
+    agreement.all_ranks_ok(problem, 'read the checkpoint rank zero chose')
+    return mine['state'], path
+
+
+def clean_leftovers(trainer: Trainer) -> None:
+    """Remove what killed writes left in the checkpoint folder (rank zero)."""
+    if not ranks.is_rank_zero():
+        return
+    clean = getattr(trainer.model.checkpoint, 'clean_leftovers', None)
+    if clean is not None:
+        clean()

@@ -1,0 +1,343 @@
+"""Preempt, stop or resume a one-process run anywhere: the promise holds.
+
+Each attempt runs in this process as a user's script would after a
+requeue: a new experiment object, the run resumed by id, new model and
+trainer objects, the same script from its first line.  Preemptions are
+real flags of the process watcher, raised where a signal could land; the
+2-rank paths are in ``tests/distributed_training/test_dist_every_path.py``
+and the generated matrix of both in ``tests/faults``.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+import drytorch
+from drytorch.core import exceptions, log_events
+from drytorch.distributed.preemption import watcher
+from drytorch.lib import hooks
+from tests.helpers.kernel import RecordingTracker
+from tests.lib import _support
+
+Script = Callable[['Attempt'], None]
+
+
+class Counter(nn.Module):
+    """Identity that counts its passes and can raise the flag at one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.passes = {'train': 0, 'eval': 0}
+        self.flag_at: tuple[str, int] | None = None
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        mode = 'train' if self.training else 'eval'
+        self.passes[mode] += 1
+        if self.flag_at == (mode, self.passes[mode]):
+            watcher.request()
+        return inputs
+
+
+class Attempt:
+    """One attempt of a run: experiment, trainer, a test, a recorder."""
+
+    def __init__(
+        self, root: pathlib.Path, resume: bool, save_every: int | None = 1
+    ) -> None:
+        self.save_every = save_every
+        self.recorder = RecordingTracker()
+        self.experiment = drytorch.Experiment(
+            {'lr': 0.05}, name='Paths', par_dir=root
+        )
+        self.experiment.trackers.subscribe(self.recorder)
+        self.resume = resume
+        self.counter = Counter()
+        self.trainer: drytorch.Trainer
+        self.test: drytorch.Test
+        self.stopping = hooks.EarlyStoppingCallback(
+            patience=1, start_from_epoch=1, min_delta=0.05
+        )
+
+    def build(self) -> None:
+        torch.manual_seed(0)
+        module = nn.Sequential(self.counter, nn.Linear(3, 8), nn.Dropout(0.2))
+        module.append(nn.Linear(8, 1))
+        self.trainer = _support.make_trainer(module)
+        self.trainer.add_validation(
+            drytorch.DataLoader(_support.regression_data(16, seed=1), 8)
+        )
+        self.trainer.post_epoch_hooks.append(self.stopping)
+        if self.save_every:
+            saving = hooks.SaveEveryEpochs(self.save_every)
+            self.trainer.post_epoch_hooks.append(saving)
+        self.test = drytorch.Test(
+            self.trainer.model,
+            loader=drytorch.DataLoader(_support.regression_data(16, 2), 8),
+            metric=drytorch.Loss('MSE'),
+        )
+
+    def run(self, script: Script) -> str:
+        """'completed' or 'preempted'."""
+        try:
+            with self.experiment.create_run(run_id='r', resume=self.resume):
+                self.build()
+                script(self)
+        except exceptions.PreemptedExit:
+            return 'preempted'
+        return 'completed'
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {
+            k: v.clone()
+            for k, v in self.trainer.model.module.state_dict().items()
+        }
+
+    def trained_epochs(self) -> list[int]:
+        return [
+            e.epoch
+            for e in self.recorder.of_type(log_events.MetricEvent)
+            if e.source_name == 'Trainer'
+        ]
+
+
+def attempts(
+    root: pathlib.Path,
+    script: Script,
+    first: Script | None = None,
+    save_every: int | None = 1,
+) -> list[Attempt]:
+    """Attempts of one run until one completes (``first`` for attempt 1)."""
+    done: list[Attempt] = []
+    for number in range(4):
+        attempt = Attempt(root, resume=number > 0, save_every=save_every)
+        status = attempt.run(first if number == 0 and first else script)
+        done.append(attempt)
+        if status == 'completed':
+            return done
+    raise AssertionError('the run never completed')
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def train_then_test(epochs: int) -> Script:
+    def script(attempt: Attempt) -> None:
+        attempt.trainer.train(epochs)
+        attempt.test()
+
+    return script
+
+
+# ------------------------------------------------------------ defect 2
+WHERE_AFTER_TRAINING = ['between train and test', 'during the test']
+
+
+@pytest.mark.parametrize('save_every', [None, 2, 1])
+@pytest.mark.parametrize('where', WHERE_AFTER_TRAINING)
+def test_a_preemption_after_training_resumes_with_only_the_test_left(
+    tmp_path: pathlib.Path, where: str, save_every: int | None
+) -> None:
+    """Whether or not a hook saved the last epoch."""
+    reference = attempts(
+        tmp_path / 'ref', train_then_test(3), None, save_every
+    )
+    reference = reference[-1]
+
+    def first(attempt: Attempt) -> None:
+        attempt.trainer.train(3)
+        if where == 'between train and test':
+            os.kill(os.getpid(), signal.SIGUSR2)  # a real signal
+        else:
+            attempt.counter.flag_at = (
+                'eval',
+                attempt.counter.passes['eval'] + 1,
+            )
+        attempt.test()
+
+    runs = attempts(tmp_path / 'cut', train_then_test(3), first, save_every)
+    assert len(runs) == 2
+    resumed = runs[-1]
+    assert resumed.counter.passes['train'] == 0, 'the training ran again'
+    assert same(resumed.weights(), reference.weights())
+    assert resumed.test.metrics == reference.test.metrics
+
+
+# ------------------------------------------------------------ defect 3
+def early_stop_script(attempt: Attempt) -> None:
+    attempt.trainer.train(12)
+    attempt.test()
+
+
+@pytest.mark.parametrize('when', ['in the stopping epoch', 'in the test'])
+def test_early_stopping_survives_a_preemption(
+    tmp_path: pathlib.Path, when: str
+) -> None:
+    reference = attempts(tmp_path / 'ref', early_stop_script)[-1]
+    stopped = reference.trainer.model.epoch
+    assert stopped < 12, 'the reference must stop early for this test'
+
+    def first(attempt: Attempt) -> None:
+        if when == 'in the stopping epoch':
+
+            def late(trainer: drytorch.Trainer) -> None:
+                if trainer.model.epoch == stopped:
+                    watcher.request()
+
+            attempt.trainer.post_epoch_hooks.insert(0, late)
+            attempt.trainer.train(12)
+            attempt.test()
+        else:
+            attempt.trainer.train(12)
+            attempt.counter.flag_at = (
+                'eval',
+                attempt.counter.passes['eval'] + 1,
+            )
+            attempt.test()
+
+    runs = attempts(tmp_path / 'cut', early_stop_script, first)
+    assert len(runs) == 2
+    resumed = runs[-1]
+    assert resumed.trainer.model.epoch == stopped
+    assert resumed.trained_epochs() == []
+    assert same(resumed.weights(), reference.weights())
+    assert resumed.test.metrics == reference.test.metrics
+
+
+def test_hook_state_saved_by_save_every_epochs_is_the_epochs_final_one(
+    tmp_path: pathlib.Path,
+) -> None:
+    """SaveEveryEpochs listed before the early stop still saves its state."""
+
+    saved: dict[str, Any] = {}
+
+    def script(attempt: Attempt) -> None:
+        hooks_list = attempt.trainer.post_epoch_hooks
+        hooks_list.reverse()  # SaveEveryEpochs first, early stopping last
+        attempt.trainer.train(12)
+        epoch = attempt.trainer.model.epoch
+        checkpoint = attempt.trainer.model.checkpoint
+        saved['state'] = checkpoint.load(epoch, mid_epoch=False)[0]
+
+    reference = attempts(tmp_path, script)[-1]
+    assert reference.trainer.model.epoch < 12
+    state = saved['state']
+    assert state['terminated'] == reference.trainer.terminated
+    assert state['hooks'][1] == reference.stopping.state_dict()
+
+
+# ------------------------------------------------------------ defect 6
+def test_a_signal_after_the_last_step_stops_the_next_run_of_a_sweep(
+    tmp_path: pathlib.Path,
+) -> None:
+    first = Attempt(tmp_path, resume=False)
+
+    def late_signal(attempt: Attempt) -> None:
+        attempt.trainer.train(1)
+        os.kill(os.getpid(), signal.SIGUSR2)  # after the last step boundary
+
+    assert first.run(late_signal) == 'completed'
+    # between the runs the handler still holds: the process is alive, and a
+    # later SIGTERM (SLURM's, at the end of the grace time) is not a cancel
+    assert signal.getsignal(signal.SIGUSR2) == watcher._handle
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert watcher.signum == signal.SIGUSR2
+
+    second = drytorch.Experiment({}, name='Sweep', par_dir=tmp_path)
+    second_recorder = RecordingTracker()
+    second.trackers.subscribe(second_recorder)
+    run_b = second.create_run(run_id='b')
+    with pytest.raises(exceptions.PreemptedExit), run_b:
+        _support.make_trainer().train(2)
+    saved = sorted((run_b.dir / 'checkpoints' / 'net').glob('epoch_*.pt'))
+    assert [p.name for p in saved] == ['epoch_000000+000001.pt']
+    assert not watcher.requested, 'the stop consumed the signal'
+
+
+# ------------------------------------------------------------ defect 7
+@pytest.mark.parametrize(
+    ('call', 'expected'), [('train', 8), ('train_until', 7)]
+)
+def test_an_explicit_target_after_a_finished_run_trains_to_it(
+    tmp_path: pathlib.Path, call: str, expected: int
+) -> None:
+    def five(attempt: Attempt) -> None:
+        attempt.stopping.patience = 100
+        attempt.trainer.train(5)
+
+    assert Attempt(tmp_path, resume=False).run(five) == 'completed'
+
+    def more(attempt: Attempt) -> None:
+        attempt.stopping.patience = 100
+        if call == 'train':
+            attempt.trainer.train(3)
+        else:
+            attempt.trainer.train_until(7)
+
+    later = Attempt(tmp_path, resume=True)
+    assert later.run(more) == 'completed'
+    assert later.trainer.model.epoch == expected
+    assert later.trained_epochs() == list(range(6, expected + 1))
+    start = later.recorder.of_type(log_events.StartTrainingEvent)
+    assert [(e.start_epoch, e.end_epoch) for e in start] == [(6, expected)]
+
+
+def test_a_repeated_script_after_a_preemption_skips_only_finished_calls(
+    tmp_path: pathlib.Path,
+) -> None:
+    def script(attempt: Attempt) -> None:
+        attempt.stopping.patience = 100
+        attempt.trainer.train(2)
+        attempt.trainer.train(2)
+
+    def first(attempt: Attempt) -> None:
+        attempt.stopping.patience = 100
+        attempt.trainer.train(2)
+        attempt.counter.flag_at = (
+            'train',
+            attempt.counter.passes['train'] + 3,
+        )
+        attempt.trainer.train(2)
+
+    reference = attempts(tmp_path / 'ref', script)[-1]
+    runs = attempts(tmp_path / 'cut', script, first)
+    assert len(runs) == 2
+    assert runs[-1].trainer.model.epoch == 4
+    assert same(runs[-1].weights(), reference.weights())
+
+
+# ------------------------------------------------------------ defect 13
+@pytest.mark.parametrize('value', [1.5, 2.0, '2', True, None, -1])
+@pytest.mark.parametrize('method', ['train', 'train_until'])
+@pytest.mark.usefixtures('run')
+def test_epoch_counts_must_be_whole_numbers(method: str, value: Any) -> None:
+    trainer = _support.make_trainer()
+    with pytest.raises(exceptions.EpochCountError, match=repr(value)) as err:
+        getattr(trainer, method)(value)
+    assert isinstance(err.value, TypeError | ValueError)
+    assert trainer.model.epoch == 0
+
+
+# ------------------------------------------------------------ defect 9
+@pytest.mark.usefixtures('run')
+def test_a_checkpoint_that_cannot_be_written_names_the_folder(
+    tmp_path: pathlib.Path,
+) -> None:
+    blocker = tmp_path / 'not-a-folder'
+    blocker.write_text('a file where the checkpoint folder should be')
+    trainer = _support.make_trainer(
+        checkpoint=drytorch.LocalCheckpoint(blocker)
+    )
+    # the end of a training call checkpoints (so that a preemption in the
+    # test does not train again): that write fails here
+    with pytest.raises(exceptions.CheckpointWriteError, match='not-a-folder'):
+        trainer.train(1)
+    assert blocker.read_text().startswith('a file')
