@@ -193,7 +193,7 @@ class ConvergenceError(DryTorchError, FloatingPointError):
     """Raised when the loss is not finite.
 
     Under a process group the rank and the batch are those where a
-    non-finite value first appeared (the lowest rank, if several at once),
+    non-finite value first appeared (the lowest such rank, if several),
     so that the message points at the data that caused it.
     """
 

@@ -1,7 +1,9 @@
 """Validation and test: one pass over the data in inference mode.
 
-Evaluation shards keep every sample exactly once (see ``loading``), so the
-reported metrics equal the single-process ones on the same data.
+Evaluation shards keep every sample exactly once (see ``loading``), and
+every rank evaluates with rank zero's buffers (BatchNorm statistics), so the
+reported metrics equal those of the saved model in a single process on the
+same data.
 """
 
 from __future__ import annotations
@@ -87,18 +89,24 @@ class Evaluation(Runner):
         inputs = to_device(inputs, self.model.device)
         targets = to_device(targets, self.model.device)
         with self.model.autocast():
-            outputs = self.model.module(inputs)
+            outputs = self.model(inputs)
         values = _compute(self.objective, outputs, targets, self.name)
         self.accumulator.add(values, n)
         if self.store_outputs:
             self._local_outputs.extend(_split_samples(_detach_cpu(outputs), n))
 
     def run(self) -> LoopOutcome:
-        """One pass; publishes the global metrics of the model's epoch."""
+        """One pass; publishes the global metrics of the model's epoch.
+
+        Every rank first takes rank zero's buffers: under DDP each rank's
+        BatchNorm statistics followed its own batches, and the metrics must
+        be those of the module that rank zero saves.
+        """
         self.accumulator.reset()
         self._local_outputs = []
+        self.model.broadcast_buffers()
         plan = self.loader.plan(training=False)
-        module = self.model.module
+        module = self.model.forward_module
         was_training = module.training
         module.eval()
         try:

@@ -261,8 +261,8 @@ class Runner:
 
         The flag only says that some rank saw one; when it is raised (once,
         and training stops) the ranks exchange their first bad batch, so
-        that every rank names the same rank and batch (the lowest rank, if
-        several at once).
+        that every rank names the same rank and the earliest batch (the
+        lowest rank among those that saw it first).
         """
         epoch = self.model.epoch + 1
         value = next(iter(means.values()), float('nan'))
@@ -271,11 +271,14 @@ class Runner:
         if ranks.is_distributed():
             found = [None] * ranks.get_world_size()
             dist.all_gather_object(found, mine)
-        for rank, batch in enumerate(found):
-            if batch is not None:
-                where = rank if ranks.is_distributed() else None
-                raise exceptions.ConvergenceError(value, epoch, batch, where)
-        raise exceptions.ConvergenceError(value, epoch, None)
+        seen = [(batch, rank) for rank, batch in enumerate(found) if batch]
+        if not seen:
+            raise exceptions.ConvergenceError(value, epoch, None)
+        # the earliest batch: under DDP a NaN gradient of one rank makes
+        # every rank's next loss NaN, which must not hide where it began
+        batch, rank = min(seen)
+        where = rank if ranks.is_distributed() else None
+        raise exceptions.ConvergenceError(value, epoch, batch, where)
 
     def describe(self) -> dict[str, Any]:
         return {
