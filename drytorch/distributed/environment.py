@@ -129,6 +129,14 @@ class ClusterEnvironment(abc.ABC):
         """
         return dict(self._read)
 
+    def variable(self, name: str) -> str | None:
+        """One of the launcher's variables as set, or None.
+
+        For what the table of integer answers does not hold, such as the
+        GPUs a launcher gave each task; once read, it is quoted in errors.
+        """
+        return self._get(name)
+
     def setup_error(self, problem: str, check: str) -> DistributedSetupError:
         """An error naming this launcher, what it read and what to check."""
         shown = ', '.join(f'{k}={v!r}' for k, v in sorted(self._read.items()))

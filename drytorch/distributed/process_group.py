@@ -11,6 +11,14 @@ rank gets an error, rank zero and the others alike.
 ``tcp://`` URL, so a later ``detect_environment()`` gives the same answer,
 and child processes do not inherit ``RANK`` and mistake themselves for a
 rank.
+
+Which GPU a rank uses, and so whether NCCL can run, is decided in one
+place, :func:`local_device`: a rank that sees at least as many GPUs as its
+node has ranks (torchrun, srun without GPU binding) uses
+``cuda:<local rank>``; a rank that sees fewer, because srun gave each task
+GPUs of its own (``--gpus-per-task``), uses its first, ``cuda:0``; ranks
+that share fewer GPUs than they are use gloo, since NCCL cannot put two
+ranks of a group on one device.
 """
 
 from __future__ import annotations
@@ -29,12 +37,14 @@ from drytorch.distributed.environment import (
     detect_environment,
 )
 from drytorch.distributed.errors import DistributedSetupError
+from drytorch.distributed.slurm import SlurmEnvironment
 
 __all__ = [
     'DEFAULT_TIMEOUT',
     'TIMEOUT_VARIABLE',
     'default_backend',
     'init_distributed',
+    'local_device',
     'teardown_distributed',
 ]
 
@@ -59,7 +69,8 @@ def init_distributed(
 
     Args:
         backend: ``'nccl'`` or ``'gloo'``; by default NCCL where every
-            rank of this node has a CUDA device of its own, else gloo.
+            rank of this node has a CUDA device of its own, else gloo
+            (see :func:`local_device`).
         timeout: how long to wait for every rank to join, and for each
             collective afterwards; by default ``DRYTORCH_DIST_TIMEOUT``
             seconds if set, else 5 minutes.  A number is in seconds.
@@ -68,8 +79,9 @@ def init_distributed(
         The detected environment: rank, world size, master address...
 
     Raises:
-        DistributedSetupError: the launcher's variables are malformed, or
-            the ranks did not all join within the timeout.
+        DistributedSetupError: the launcher's variables are malformed,
+            NCCL was asked for where this rank sees no GPU, or the ranks did
+            not all join within the timeout.
 
     """
     global _active
@@ -92,7 +104,7 @@ def init_distributed(
         else:
             _start(
                 environment,
-                backend or default_backend(environment.local_world_size),
+                backend or _placement(environment)[1],
                 timeout or _timeout_from_environment(),
             )
     _active = environment
@@ -128,19 +140,94 @@ def teardown_distributed(wait_for_peers_s: float = 2.0) -> None:
     dist.destroy_process_group()
 
 
-def default_backend(local_world_size: int) -> str:
+def local_device(
+    environment: ClusterEnvironment | None = None,
+) -> torch.device:
+    """The device this rank computes on, and that NCCL binds it to.
+
+    - No CUDA device: the CPU.
+    - At least as many visible GPUs as ranks on this node (torchrun, or
+      srun without GPU binding: every rank sees all of them):
+      ``cuda:<local rank>``.
+    - Fewer, because srun gave each task GPUs of its own
+      (``--gpus-per-task``; each then sees its own as ``cuda:0``, while
+      its local rank runs up to n - 1): ``cuda:0``.
+    - Fewer, shared by the node's ranks: ``cuda:<local rank % count>``,
+      with gloo as the default backend.
+
+    Args:
+        environment: the launcher's answers; by default the environment
+            that ``init_distributed`` started, else the detected one.
+
+    """
+    if environment is None:
+        environment = _active or detect_environment()
+    return _placement(environment)[0]
+
+
+def default_backend(local_world_size: int, *, own_gpus: bool = False) -> str:
     """NCCL where each of this node's ranks has a CUDA device, else gloo.
 
     Decided from the node's rank count rather than this rank's index, so
     that the ranks of a node with fewer devices than ranks all pick gloo:
-    ranks that disagree on the backend would never meet.
+    ranks that disagree on the backend would never meet.  The rule is that
+    of :func:`local_device`.
+
+    Args:
+        local_world_size: ranks on this node.
+        own_gpus: whether the launcher gave each task GPUs of its own, so
+            that seeing fewer GPUs than the node has ranks is no sharing.
+
     """
-    if (
-        torch.cuda.is_available()
-        and local_world_size <= torch.cuda.device_count()
-    ):
-        return 'nccl'
-    return 'gloo'
+    return _choose(0, local_world_size, _visible_gpus(), own_gpus)[1]
+
+
+def _placement(environment: ClusterEnvironment) -> tuple[torch.device, str]:
+    """This rank's device and the default backend, for ``environment``."""
+    visible = _visible_gpus()
+    own = visible > 0 and _gpus_of_its_own(environment, visible)
+    return _choose(
+        environment.local_rank, environment.local_world_size, visible, own
+    )
+
+
+def _choose(
+    local_rank: int, local_world_size: int, visible: int, own_gpus: bool
+) -> tuple[torch.device, str]:
+    """The one rule for the device and the backend (see local_device)."""
+    if visible < 1:
+        return torch.device('cpu'), 'gloo'
+    if visible >= local_world_size:
+        return torch.device('cuda', local_rank), 'nccl'
+    if own_gpus:
+        return torch.device('cuda', 0), 'nccl'
+    return torch.device('cuda', local_rank % visible), 'gloo'
+
+
+def _visible_gpus() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _gpus_of_its_own(environment: ClusterEnvironment, visible: int) -> bool:
+    """Whether the launcher gave this task GPUs that no other task sees.
+
+    Only srun says so, in two ways: ``SLURM_GPUS_PER_TASK``, which sbatch
+    and salloc export for ``--gpus-per-task``, and ``SLURM_STEP_GPUS``, the
+    step's GPUs on this node, more of them than this task sees.  torchrun's
+    workers all see the same GPUs, and an mpirun wrapper script that sets
+    ``CUDA_VISIBLE_DEVICES`` per rank leaves no trace: those get gloo by
+    default (pass ``backend='nccl'`` to override), never a guess that would
+    put two NCCL ranks on one GPU, where NCCL fails.
+    """
+    if not isinstance(environment, SlurmEnvironment):
+        return False
+    # [type:]count, as in --gpus-per-task=a100:1
+    per_task = environment.variable('SLURM_GPUS_PER_TASK') or ''
+    count = per_task.rsplit(':', 1)[-1].strip()
+    if count.isdecimal() and int(count) > 0:
+        return True
+    step_gpus = environment.variable('SLURM_STEP_GPUS') or ''
+    return len([g for g in step_gpus.split(',') if g.strip()]) > visible
 
 
 def _start(
@@ -150,9 +237,18 @@ def _start(
 ) -> None:
     device_id = None
     if backend == 'nccl':
+        device_id = _placement(environment)[0]
+        if device_id.type != 'cuda':
+            raise environment.setup_error(
+                f"backend 'nccl' was asked for, but rank {environment.rank} "
+                'sees no CUDA device (torch.cuda.is_available() is False)',
+                'that the job was given GPUs (srun --gpus-per-task=1, or '
+                '--gres=gpu:N), that CUDA_VISIBLE_DEVICES does not hide '
+                "them and that torch is a CUDA build; or pass backend='gloo'"
+                ', or no backend to get NCCL only where there are GPUs',
+            )
         # Bind before the group exists, so that NCCL's communicator and
         # every later .cuda() land on this rank's own device.
-        device_id = torch.device('cuda', environment.local_rank)
         torch.cuda.set_device(device_id)
     addr = environment.master_addr
     port = environment.master_port

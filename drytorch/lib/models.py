@@ -14,7 +14,7 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from drytorch.core import exceptions, log_events
 from drytorch.core.experimenting import Experiment
-from drytorch.distributed import ranks
+from drytorch.distributed import agreement, ranks
 from drytorch.lib.checkpoints import LocalCheckpoint
 
 __all__ = ['Model', 'default_device']
@@ -27,11 +27,16 @@ SYNC_BATCHNORM_DEVICES = frozenset({'cuda', 'hpu', 'xpu'})
 
 
 def default_device() -> torch.device:
-    """The GPU of this process's local rank when there is one, else CPU."""
-    if torch.cuda.is_available():
-        local = ranks.get_local_rank()
-        return torch.device('cuda', local % torch.cuda.device_count())
-    return torch.device('cpu')
+    """This rank's GPU when there is one, else the CPU.
+
+    The same rule that binds NCCL (``process_group.local_device``): under
+    ``srun --gpus-per-task`` each task's own first GPU, ``cuda:0``.
+    """
+    if not torch.cuda.is_available():
+        return torch.device('cpu')
+    from drytorch.distributed.process_group import local_device
+
+    return local_device()
 
 
 def _unwrap_compiled(
@@ -285,13 +290,28 @@ class Model:
         return LocalCheckpoint(self.checkpoint.directory / 'weights')
 
     def save_state(self) -> None:
-        """Save the weights alone (rank zero writes; all ranks call)."""
-        location = ''
-        if ranks.is_rank_zero():
-            location = self._weights().save(
-                {'model': self.state_dict()}, self.epoch
-            )
-        ranks.barrier()
+        """Save the weights alone (rank zero writes; all ranks call).
+
+        A failed write stops every rank at once with its cause.
+        """
+        weights = self._weights()
+        state = {'model': self.state_dict()}
+
+        def write() -> str:
+            try:
+                return weights.save(state, self.epoch)
+            except OSError as err:
+                raise exceptions.CheckpointWriteError(
+                    weights.directory, f'{err.__class__.__name__}: {err}'
+                ) from err
+
+        location = agreement.on_rank_zero(
+            write,
+            'write the model state',
+            failure=lambda cause: exceptions.CheckpointWriteError(
+                weights.directory, f'on rank zero, {cause}'
+            ),
+        )
         log_events.SaveModelEvent(
             model_name=self.name,
             definition='state',

@@ -83,6 +83,10 @@ def test_training_shards_drop_the_same_tail_on_every_rank(
     loader = drytorch.DataLoader(
         numbered(size), batch, seed=2, drop_last=drop_last
     )
+    if drop_last and batch > size // world:
+        with pytest.raises(ValueError, match='would drop every batch'):
+            loader.plan(training=True, epoch=epoch, rank=0, world_size=world)
+        return
     plans = [
         loader.plan(training=True, epoch=epoch, rank=r, world_size=world)
         for r in range(world)
