@@ -20,7 +20,6 @@ import dataclasses
 import math
 from typing import TYPE_CHECKING, Any
 
-import torch
 import torch.distributed as dist
 
 from drytorch.core import exceptions
@@ -193,12 +192,9 @@ def choose_and_read(
     problem = None
     if 'state' not in mine:
         try:
-            mine['state'] = torch.load(
-                path, map_location=device, weights_only=False
-            )
-        except Exception as err:  # noqa: BLE001 - reported on every rank
-            kind = err.__class__.__name__
-            problem = f'{path} cannot be read ({kind}: {err})'
+            mine['state'] = checkpoint.read(path, map_location=device)
+        except exceptions.DryTorchError as err:
+            problem = str(err)
     agreement.all_ranks_ok(problem, 'read the checkpoint rank zero chose')
     return mine['state'], path
 

@@ -2,9 +2,9 @@
 
     python _checkpoint_worker.py FOLDER
 
-Trains one epoch and saves a complete checkpoint, trains another, then
-starts writing the second checkpoint: halfway through the bytes, with them
-flushed to disk, the process kills itself.  What it leaves in FOLDER is
+Trains one epoch and saves a complete checkpoint, then trains another,
+whose end starts writing the second checkpoint: halfway through the bytes,
+with them flushed to disk, the process kills itself.  What it leaves in FOLDER is
 what a power cut or an OOM kill would leave.
 """
 
@@ -48,9 +48,8 @@ def main(folder: pathlib.Path) -> None:
         )
         trainer.train(1)
         trainer.save_checkpoint()
-        trainer.train(1)
         torch.save = _half_then_die
-        trainer.save_checkpoint()
+        trainer.train(1)  # the end of a training call checkpoints
     print('not killed', flush=True)  # never reached
 
 

@@ -111,12 +111,15 @@ def test_trainer_loads_the_newest_epoch_not_the_newest_file(
 def test_mid_epoch_checkpoints_sort_after_their_epoch(
     store: LocalCheckpoint,
 ) -> None:
+    store.save({'at': 'end of 1'}, 1)
     store.save({'at': 'end of 2'}, 2)
     store.save({'at': '5 batches into 3'}, 2, batch=5)
-    store.save({'at': 'end of 1'}, 1)
     assert store.load(-1)[0] == {'at': '5 batches into 3'}
     assert store.load(-1, mid_epoch=False)[0] == {'at': 'end of 2'}
     assert store.load(2)[0] == {'at': 'end of 2'}
+    (store.directory / 'latest').unlink()  # the scan by position decides
+    assert store.load(-1)[0] == {'at': '5 batches into 3'}
+    assert store.load(-1, mid_epoch=False)[0] == {'at': 'end of 2'}
 
 
 def test_a_corrupt_checkpoint_is_skipped_with_a_warning(
