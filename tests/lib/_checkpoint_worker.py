@@ -4,8 +4,8 @@
 
 Trains one epoch and saves a complete checkpoint, then trains another,
 whose end starts writing the second checkpoint: halfway through the bytes,
-with them flushed to disk, the process kills itself.  What it leaves in FOLDER is
-what a power cut or an OOM kill would leave.
+with them flushed to disk, the process kills itself.  What it leaves in
+FOLDER is what a power cut or an OOM kill would leave.
 """
 
 from __future__ import annotations
