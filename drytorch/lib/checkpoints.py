@@ -1,4 +1,4 @@
-"""Checkpoints that are never half written, and a folder that stays tidy.
+"""Checkpoints that are never half written, and how to find and read them.
 
 A checkpoint is written to a temporary name in the same folder, flushed to
 disk and renamed; only then does the ``latest`` pointer move.  A process
@@ -15,29 +15,21 @@ no file, or names one that cannot be read; positions after the pointer's
 are tried last, since they are not part of the history the last save
 continued (they exist only from such a rewind or from a copy by hand).
 
-Retention runs after each save, on the one process that writes (rank
-zero), and never removes the file ``latest`` names nor the newest by
-position, so both the pointer and the scan always find something.  The
-scores that rank the best checkpoints live in ``scores.json`` beside them,
-so that a restarted process ranks the same files the same way.  Mid-epoch
-checkpoints exist only to resume a preempted epoch; a newer one makes them
-useless, and they go.
-
-Temporary files of writes that were killed are removed by
-:meth:`LocalCheckpoint.clean_leftovers` (also run at an instance's first
-save): a file goes when the process named in it is gone, or when it has
-not changed for an hour, since a process id can be reused after a restart.
+What to delete afterwards (retention by position and by score, kept in
+``scores.json``) and the removal of temporary files that killed writes
+left are housekeeping, in :mod:`drytorch.lib.checkpoint_housekeeping`;
+:class:`LocalCheckpoint` runs it at each save and exposes it through its
+options and :meth:`LocalCheckpoint.clean_leftovers`.  Retention never
+removes the file ``latest`` names nor the newest by position, so both the
+pointer and the scan always find something.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
 import pathlib
 import re
-import time
 import warnings
 import zipfile
 from typing import Any, Literal
@@ -47,17 +39,13 @@ import torch
 from drytorch.core import exceptions
 from drytorch.core.experimenting import Experiment
 from drytorch.core.registry import atomic_write_text
+from drytorch.lib import checkpoint_housekeeping as housekeeping
 
 __all__ = ['CheckpointInfo', 'CheckpointUnreadableError', 'LocalCheckpoint']
 
 LATEST = 'latest'
-SCORES = 'scores.json'
-STALE_AFTER_S = 3600.0
-"""Age after which a temporary file is a leftover, whoever named it."""
 
 _NAME = re.compile(r'^epoch_(\d{6,})(?:\+(\d{6,}))?\.pt$')
-# ``.{target}.{pid}.tmp``: the names of save() and of atomic_write_text
-_TMP = re.compile(r'^\.(?P<target>.+)\.(?P<pid>\d+)\.tmp$')
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -119,79 +107,9 @@ def _warn(message: str) -> None:
     warnings.warn(exceptions.DryTorchWarning(message), stacklevel=3)
 
 
-def _count(name: str, value: object, *, none: str | None = None) -> None:
-    if value is None and none is not None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        allowed = f'None ({none}) or ' if none else ''
-        raise ValueError(
-            f'{name} must be {allowed}a whole number 0 or more, got {value!r}.'
-        )
-
-
-def _as_score(score: float | None) -> float | None:
-    """The finite value of ``score``, None when it cannot rank anything."""
-    if score is None:
-        return None
-    try:
-        value = float(score)
-    except (TypeError, ValueError):
-        raise TypeError(
-            'score must be a number (the value of the monitored metric) '
-            f'or None, got {score!r}.'
-        ) from None
-    return value if math.isfinite(value) else None
-
-
-def _writer_gone(pid: int) -> bool:
-    """Whether the process that named a temporary file cannot still write.
-
-    This process counts as gone: its saves return only when written, so
-    a file with its own id is from an earlier process that had the same
-    id (common in containers).  Windows has no harmless signal 0, so there
-    only the age of a file counts.
-    """
-    if pid <= 0 or pid == os.getpid():
-        return True
-    if os.name == 'nt':
-        return False
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):  # none, or none can be
-        return True
-    except OSError:  # PermissionError: alive, someone else's
-        return False
-    return False
-
-
 def _ours(name: str) -> bool:
     """Whether this class writes files named ``name``."""
-    return bool(_NAME.match(name)) or name in (LATEST, SCORES)
-
-
-def _retained(
-    found: list[CheckpointInfo],
-    scores: dict[str, float],
-    latest: str,
-    keep_last: int | None,
-    keep_best: int,
-    best_is: str,
-) -> set[str]:
-    """The names that retention keeps of ``found`` (oldest first)."""
-    if not found:
-        return set()
-    keep = {latest, found[-1].path.name}
-    ends = [c for c in found if not c.mid_epoch]
-    recent = ends
-    if keep_last is not None:
-        recent = ends[max(len(ends) - keep_last, 0) :]
-    keep.update(c.path.name for c in recent)
-    sign = 1.0 if best_is == 'lower' else -1.0
-    scored = [c for c in ends if c.path.name in scores]
-    # on equal scores the later checkpoint wins: it trained longer
-    scored.sort(key=lambda c: (sign * scores[c.path.name], -c.epoch))
-    keep.update(c.path.name for c in scored[:keep_best])
-    return keep
+    return bool(_NAME.match(name)) or name in (LATEST, housekeeping.SCORES)
 
 
 class LocalCheckpoint:
@@ -224,13 +142,7 @@ class LocalCheckpoint:
         best_is: Literal['lower', 'higher'] = 'lower',
         monitor: str | None = None,
     ) -> None:
-        _count('keep_last', keep_last, none='keep every checkpoint')
-        _count('keep_best', keep_best)
-        if best_is not in ('lower', 'higher'):
-            raise ValueError(
-                "best_is must be 'lower' (for a loss) or 'higher' (for an "
-                f'accuracy), got {best_is!r}.'
-            )
+        housekeeping.check_retention(keep_last, keep_best, best_is)
         if monitor is not None and (
             not isinstance(monitor, str) or not monitor
         ):
@@ -272,7 +184,7 @@ class LocalCheckpoint:
         that is None or not finite, or given to a mid-epoch checkpoint
         (whose metrics cover part of an epoch), ranks nothing.
         """
-        value = _as_score(score)
+        value = housekeeping.as_score(score)
         if batch:
             value = None
         folder = self.directory
@@ -280,10 +192,10 @@ class LocalCheckpoint:
         if self._cleaned != folder:
             self.clean_leftovers()
         final = folder / file_name(epoch, batch)
-        scores = self._read_scores()
+        scores = housekeeping.read_scores(folder, self.keep_best)
         if scores is not None and scores.pop(final.name, None) is not None:
-            self._write_scores(scores)  # the old score must not outlive it
-        tmp = folder / f'.{final.name}.{os.getpid()}.tmp'
+            housekeeping.write_scores(folder, scores)  # not to outlive it
+        tmp = housekeeping.temporary_path(final)
         with tmp.open('wb') as stream:
             torch.save(state, stream)
             stream.flush()
@@ -292,9 +204,17 @@ class LocalCheckpoint:
         _fsync_dir(folder)
         if scores is not None and value is not None:
             scores[final.name] = value
-            self._write_scores(scores)
+            housekeeping.write_scores(folder, scores)
         atomic_write_text(folder / LATEST, final.name + '\n')
-        self._apply_retention(final.name, scores)
+        housekeeping.apply_retention(
+            folder,
+            self.available(),
+            final.name,
+            scores,
+            keep_last=self.keep_last,
+            keep_best=self.keep_best,
+            best_is=self.best_is,
+        )
         return str(final)
 
     def available(self) -> list[CheckpointInfo]:
@@ -393,7 +313,7 @@ class LocalCheckpoint:
         raise exceptions.CheckpointNotFoundError(self.directory, epoch)
 
     def clean_leftovers(
-        self, *, older_than: float = STALE_AFTER_S
+        self, *, older_than: float = housekeeping.STALE_AFTER_S
     ) -> list[pathlib.Path]:
         """Remove the temporary files of writes that were killed.
 
@@ -407,31 +327,12 @@ class LocalCheckpoint:
             The files removed, sorted.
 
         """
-        if not older_than >= 0:
-            raise ValueError(
-                'older_than must be a number of seconds 0 or more, got '
-                f'{older_than!r}.'
-            )
         folder = self.directory
+        removed = housekeeping.clean_leftovers(
+            folder, _ours, older_than=older_than
+        )
         self._cleaned = folder
-        if not folder.exists():
-            return []
-        removed = []
-        now = time.time()
-        for path in folder.iterdir():
-            match = _TMP.match(path.name)
-            if match is None or not _ours(match['target']):
-                continue
-            try:
-                age = now - path.stat().st_mtime
-                if age > older_than or _writer_gone(int(match['pid'])):
-                    path.unlink()
-                    removed.append(path)
-            except FileNotFoundError:  # its writer has just renamed it
-                continue
-            except OSError as err:
-                _warn(f'Leftover {path} cannot be removed ({err}).')
-        return sorted(removed)
+        return removed
 
     def _candidates(self, epoch: int, mid_epoch: bool) -> list[CheckpointInfo]:
         """What to try for ``epoch``, the preferred first."""
@@ -477,64 +378,3 @@ class LocalCheckpoint:
         if not any(n.endswith('/data.pkl') for n in names):
             problem = ValueError('a zip file without a torch data.pkl')
             raise CheckpointUnreadableError(path, problem)
-
-    def _read_scores(self) -> dict[str, float] | None:
-        """The recorded scores; None (with a warning) if unreadable."""
-        path = self.directory / SCORES
-        try:
-            data = json.loads(path.read_text(encoding='utf-8'))
-            scores = data['scores']
-            return {
-                str(name): float(value)
-                for name, value in scores.items()
-                if math.isfinite(float(value))
-            }
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError, TypeError, KeyError, AttributeError):
-            pass
-        consequence = (
-            'no checkpoint is removed'
-            if self.keep_best
-            else 'no score is recorded'
-        )
-        _warn(
-            f'{path} cannot be read; {consequence} until it is fixed or '
-            'deleted (deleting it forgets the scores of earlier checkpoints).'
-        )
-        return None
-
-    def _write_scores(self, scores: dict[str, float]) -> None:
-        path = self.directory / SCORES
-        if not scores and not path.exists():
-            return
-        text = json.dumps({'scores': dict(sorted(scores.items()))}, indent=1)
-        atomic_write_text(path, text + '\n')
-
-    def _apply_retention(
-        self, latest: str, scores: dict[str, float] | None
-    ) -> None:
-        if scores is None and self.keep_best:
-            return  # which ones are the best is unknown: remove nothing
-        found = self.available()
-        keep = _retained(
-            found,
-            scores or {},
-            latest,
-            self.keep_last,
-            self.keep_best,
-            self.best_is,
-        )
-        remaining = set(keep)
-        for info in found:
-            if info.path.name in keep:
-                continue
-            try:
-                info.path.unlink(missing_ok=True)
-            except OSError as err:
-                remaining.add(info.path.name)
-                _warn(f'Old checkpoint {info.path} cannot be removed ({err}).')
-        if scores is not None and not scores.keys() <= remaining:
-            self._write_scores(
-                {k: v for k, v in scores.items() if k in remaining}
-            )

@@ -24,7 +24,8 @@ from drytorch.core import exceptions, log_events
 from drytorch.core.tracking import Tracker
 from drytorch.distributed import preemption
 from drytorch.lib.checkpoints import LocalCheckpoint
-from drytorch.lib.training import Trainer, _Position
+from drytorch.lib.resume import Position
+from drytorch.lib.training import Trainer
 from drytorch.trackers.tqdm import TqdmLogger
 from tests.helpers.kernel import RecordingTracker
 from tests.preemption import _worker
@@ -181,7 +182,7 @@ def test_mid_epoch_checkpoint_of_another_world_size_is_refused(
     tmp_path: pathlib.Path,
 ) -> None:
     trainer = build_trainer(tmp_path)
-    state = trainer.state_dict(_Position(1, 3, 'train'))
+    state = trainer.state_dict(Position(1, 3, 'train'))
     state['world_size'] = 2
     with pytest.raises(
         exceptions.WorldSizeChangedError,
@@ -191,7 +192,7 @@ def test_mid_epoch_checkpoint_of_another_world_size_is_refused(
     ):
         trainer.load_state_dict(state)
     for phase in ('validate', 'done'):
-        state = trainer.state_dict(_Position(1, 0, phase))
+        state = trainer.state_dict(Position(1, 0, phase))
         state['world_size'] = 2
         trainer.load_state_dict(state)
         assert trainer.model.epoch == 0  # the saved model's epoch count
