@@ -30,7 +30,8 @@ class Position:
     'done' (epoch ``epoch`` complete, hooks included).  ``call`` is the
     1-based index of the script's ``train``/``train_until`` call that was
     running and ``end_epoch`` its target; ``finished`` is set on the
-    checkpoint written when that call returned.
+    checkpoint written when that call returned; ``calls`` lists the
+    script's calls so far as (method, argument).
     """
 
     epoch: int
@@ -39,6 +40,7 @@ class Position:
     call: int | None = None
     end_epoch: int | None = None
     finished: bool = False
+    calls: list[Any] = dataclasses.field(default_factory=list)
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

@@ -116,6 +116,10 @@ class Trainer(Runner):
         # bumped whenever the state changes, so that a save of a state
         # already on disk (save_checkpoint() right after train()) is skipped
         self._revision = 0
+        # the script's calls so far, as (method, argument); and those of a
+        # completed earlier attempt while this script repeats them
+        self._calls: list[tuple[str, int]] = []
+        self._continued: list[tuple[str, int]] | None = None
         self._last_save: tuple[tuple[Any, ...], str] | None = None
         self._module: torch.nn.Module = model.module
         self.register()
@@ -174,25 +178,35 @@ class Trainer(Runner):
     def train(self, n_epochs: int) -> None:
         """Train for ``n_epochs`` more epochs (a whole number)."""
         count = _epoch_count('n_epochs', n_epochs)
-        self._train(lambda: self.model.epoch + count)
+        self._train(lambda: self.model.epoch + count, ('train', count))
 
     def train_until(self, epoch: int) -> None:
         """Train until the model has completed ``epoch`` epochs."""
         target = _epoch_count('epoch', epoch)
-        self._train(lambda: target, until=target)
+        self._train(lambda: target, ('train_until', target), until=target)
 
     def _train(
-        self, target: Callable[[], int], until: int | None = None
+        self,
+        target: Callable[[], int],
+        request: tuple[str, int],
+        until: int | None = None,
     ) -> None:
         """Run one training call of the script, resuming it if it was cut.
 
         Calls are numbered in the order the script makes them; a resumed
         attempt skips the calls that an earlier attempt finished and
         completes the one it was in, towards the target that call had.
+        When the earlier attempt completed, the script is continued rather
+        than repeated: its calls are the earlier ones only while they are
+        the same (method and argument); from the first that differs on,
+        targets count from the restored epoch, so ``train(3)`` trains
+        three more epochs and ``train_until(7)`` trains to epoch 7.
         """
         self._train_calls += 1
         call = self._train_calls
         self._auto_resume()
+        self._calls.append(request)
+        self._match_continued_script(call, request)
         position = self._position
         resuming = position is not None and position.call == call
         if (
@@ -243,6 +257,19 @@ class Trainer(Runner):
             log_events.EndTrainingEvent(source_name=self.name)
         self._finish(call, end)
 
+    def _match_continued_script(
+        self, call: int, request: tuple[str, int]
+    ) -> None:
+        """Stop matching calls with a completed attempt's once they differ."""
+        if self._continued is None:
+            return
+        if call <= len(self._continued) and self._continued[call - 1] == (
+            tuple(request)
+        ):
+            return
+        self._continued = None
+        self._forget_calls()
+
     def _finish(self, call: int, end: int) -> None:
         """Checkpoint the end of a training call.
 
@@ -251,7 +278,8 @@ class Trainer(Runner):
         skips this call and runs only what remains.  Bookkeeping, not a
         user's save: no event is published.
         """
-        position = Position(self.model.epoch, 0, 'done', call, end, True)
+        position = self._position_at(self.model.epoch, 0, 'done', call, end)
+        position.finished = True
         self._last_save = (
             self._save_key(position),
             trainer_state.save(self, position),
@@ -304,33 +332,40 @@ class Trainer(Runner):
             self._preempt(epoch, 0, 'done', call, end)
         if self._save_requested:
             self._save_requested = False
-            self._save(Position(epoch, 0, 'done', call, end))
+            self._save(self._position_at(epoch, 0, 'done', call, end))
 
     def _agree_on_stop(self, preempted: bool) -> bool:
         """Agree on terminate and preempt; True when preempting.
 
-        One reduction per epoch under a process group (none alone); the
-        reasons are gathered only when some rank asked to stop.
+        Under a process group, one small reduction per epoch, and only when
+        the trainer has post-epoch hooks: without them nothing can ask for
+        a stop after the epoch's last sync, whose flags every rank already
+        shares (a signal that came after it is read at the next epoch's
+        first sync).  The reasons are gathered only when a stop is agreed.
         """
         stop = self.terminated is not None or self.terminate_requested
         if not ranks.is_distributed():
             if stop and self.terminated is None:
                 self.terminated = 'requested'
             return preempted or watcher.requested
-        flags: set[Flag] = set()
+        if self.post_epoch_hooks:
+            flags: set[Flag] = set()
+            if stop:
+                flags.add(Flag.terminate)
+            if preempted or watcher.requested:
+                flags.add(Flag.preempt)
+            device = self.model.device
+            empty = torch.zeros(0, dtype=torch.float64, device=device)
+            reduced = self._agreement.reduce(empty, 0, flags)
+            stop = Flag.terminate in reduced.flags
+            preempted = Flag.preempt in reduced.flags
         if stop:
-            flags.add(Flag.terminate)
-        if preempted or watcher.requested:
-            flags.add(Flag.preempt)
-        empty = torch.zeros(0, dtype=torch.float64, device=self.model.device)
-        reduced = self._agreement.reduce(empty, 0, flags)
-        if Flag.terminate in reduced.flags:
             reasons: list[Any] = [None] * ranks.get_world_size()
             dist.all_gather_object(reasons, self.terminated)
             self.terminated = next(
                 (r for r in reasons if r), 'requested on another rank'
             )
-        return Flag.preempt in reduced.flags
+        return preempted
 
     def _train_epoch(
         self, epoch: int, start_batch: int, end: int, call: int
@@ -435,8 +470,16 @@ class Trainer(Runner):
             self._save_requested = True
             return
         call, end, finished = self._active
-        self._save(
-            Position(self.model.epoch, 0, 'done', call, end, finished=finished)
+        position = self._position_at(self.model.epoch, 0, 'done', call, end)
+        position.finished = finished
+        self._save(position)
+
+    def _position_at(
+        self, epoch: int, batch: int, phase: str, call: Any, end: Any
+    ) -> Position:
+        """A position of the current call, with the script's calls so far."""
+        return Position(
+            epoch, batch, phase, call, end, calls=list(self._calls)
         )
 
     def _save_key(self, position: Position) -> tuple[Any, ...]:
@@ -491,9 +534,8 @@ class Trainer(Runner):
     def _auto_resume(self) -> None:
         """On a resumed run, restore the newest checkpoint once.
 
-        When the earlier attempt completed, the script is being continued
-        rather than repeated: its calls are not matched with the earlier
-        ones, so ``train(3)`` trains three more epochs.
+        When the earlier attempt completed, the script is being continued:
+        see :meth:`_train` for how its calls are matched.
         """
         if self._resume_checked:
             return
@@ -510,7 +552,9 @@ class Trainer(Runner):
         state, location = chosen
         self.load_state_dict(state)
         if run.previous_status == 'completed':
-            self._forget_calls()
+            position = self._position
+            saved = position.calls if position is not None else []
+            self._continued = [tuple(c) for c in saved]  # type: ignore[misc]
         log_events.LoadModelEvent(
             model_name=self.model.name,
             definition='checkpoint',
@@ -522,7 +566,7 @@ class Trainer(Runner):
         self, epoch: int, batch: int, phase: str, call: int, end: int
     ) -> None:
         """Checkpoint the exact position, then leave with 'requeue me'."""
-        self._save(Position(epoch, batch, phase, call, end))
+        self._save(self._position_at(epoch, batch, phase, call, end))
         raise exceptions.PreemptedExit(
             f'Preempted at epoch {epoch}, batch {batch}; the checkpoint is '
             'saved and the run will resume there.'

@@ -341,3 +341,30 @@ def test_a_checkpoint_that_cannot_be_written_names_the_folder(
     with pytest.raises(exceptions.CheckpointWriteError, match='not-a-folder'):
         trainer.train(1)
     assert blocker.read_text().startswith('a file')
+
+
+def test_repeating_a_completed_script_trains_nothing_more(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The same calls as the completed attempt are that attempt's calls."""
+
+    def script(attempt: Attempt) -> None:
+        attempt.stopping.patience = 100
+        attempt.trainer.train(2)
+        attempt.trainer.train_until(3)
+
+    first = Attempt(tmp_path, resume=False)
+    assert first.run(script) == 'completed'
+    again = Attempt(tmp_path, resume=True)
+    assert again.run(script) == 'completed'
+    assert again.trainer.model.epoch == 3
+    assert again.trained_epochs() == []
+    assert same(again.weights(), first.weights())
+
+    def longer(attempt: Attempt) -> None:
+        script(attempt)  # repeated: nothing to do
+        attempt.trainer.train(2)  # new: two more epochs
+
+    more = Attempt(tmp_path, resume=True)
+    assert more.run(longer) == 'completed'
+    assert more.trained_epochs() == [4, 5]

@@ -151,9 +151,11 @@ class TestRunStop:
         with pytest.raises(PreemptedExit), exp.create_run():
             raise PreemptedExit()
         # registry written, run closed, handlers still armed (SLURM's
-        # SIGTERM after the requeue only sets the flag), then disarmed
+        # SIGTERM after the requeue only sets the flag), and they stay
+        # armed for a next run; the stop consumed the signal
         assert seen == [('preempted', True, None)]
-        assert signal.getsignal(signal.SIGTERM) != preemption.watcher._handle
+        assert signal.getsignal(signal.SIGTERM) == preemption.watcher._handle
+        assert not preemption.watcher.requested
 
     @pytest.mark.parametrize('status', ['completed', 'failed'])
     def test_other_endings_do_not(

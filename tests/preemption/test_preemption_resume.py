@@ -63,14 +63,23 @@ class TestWatcher:
         watcher.reset()
         assert not watcher.requested
 
-    def test_disarming_restores_the_handlers(self) -> None:
+    def test_handlers_stay_until_disarmed(self) -> None:
+        """Armed once; still armed between runs; disarm restores them."""
         before = signal.getsignal(signal.SIGUSR1)
         watcher = preemption.PreemptionWatcher()
         with watcher.armed():
             with watcher.armed():  # nested: armed once
                 assert signal.getsignal(signal.SIGUSR1) == watcher._handle
             assert signal.getsignal(signal.SIGUSR1) == watcher._handle
+        # between runs: a late signal is kept, not the default action
+        assert signal.getsignal(signal.SIGUSR1) == watcher._handle
+        os.kill(os.getpid(), signal.SIGUSR1)
+        assert watcher.signum == signal.SIGUSR1
+        with watcher.armed():  # the next run: the same handlers
+            assert watcher.requested
+        watcher.disarm()
         assert signal.getsignal(signal.SIGUSR1) == before
+        assert not watcher.installed
 
     def test_default_signals(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(preemption.SIGNALS_VARIABLE, raising=False)
@@ -137,8 +146,9 @@ def test_trackers_hear_of_the_preemption(tmp_path: pathlib.Path) -> None:
     assert recorder.names.index('SaveModelEvent') < recorder.names.index(
         'StopExperimentEvent'
     )
-    # the run disarmed the handlers it had installed
-    assert signal.getsignal(signal.SIGUSR2) != preemption.watcher._handle
+    # the handlers stay for a next run; the stop consumed the signal
+    assert signal.getsignal(signal.SIGUSR2) == preemption.watcher._handle
+    assert not preemption.watcher.requested
 
 
 def test_progress_bar_starts_at_the_resumed_batch(
