@@ -84,6 +84,7 @@ class _Decision:
     previous_world_size: int
     timestamp: datetime.datetime
     previous_status: str | None = None
+    requeued: bool = False
 
 
 class Run:
@@ -135,12 +136,17 @@ class Run:
         return self._decision.previous_world_size
 
     @property
-    def previous_status(self) -> str | None:
-        """How the previous attempt ended (resumed runs), else None.
+    def requeued(self) -> bool:
+        """Whether the scheduler restarted the job (not ``resume=True``).
 
-        'completed' means the script is being continued, not repeated: a
-        trainer then matches none of its calls with the earlier attempt's.
+        A requeued job repeats its script; a run resumed on request after
+        it completed continues it (see ``Trainer.train``).
         """
+        return self._decision is not None and self._decision.requeued
+
+    @property
+    def previous_status(self) -> str | None:
+        """How the previous attempt ended (resumed runs), else None."""
         if self._decision is None or not self._decision.resumed:
             return None
         return self._decision.previous_status
@@ -294,6 +300,14 @@ class Run:
                 named = registry.get(self.requested_id)
                 if named is not None and named.job_key == job_key:
                     target = named
+        # the same scheduler job restarted (whether or not the script also
+        # says resume=True): it repeats its script
+        requeued = (
+            target is not None
+            and job_key is not None
+            and restarts > 0
+            and target.job_key == job_key
+        )
         if target is not None:
             previous = target.world_size
             previous_status = target.status
@@ -312,6 +326,7 @@ class Run:
                 previous,
                 now,
                 previous_status,
+                requeued,
             )
         record = registry.reserve(
             self.requested_id,

@@ -17,6 +17,7 @@ In one process each is a plain call.
 from __future__ import annotations
 
 import datetime
+import math
 import os
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -40,40 +41,51 @@ CHECKPOINT_TIMEOUT_VARIABLE = 'DRYTORCH_CHECKPOINT_TIMEOUT'
 DEFAULT_CHECKPOINT_TIMEOUT = 600.0
 """Seconds the other ranks wait for rank zero's checkpoint write."""
 
+_SHORTEST = 0.1
 _groups: dict[tuple[int, float], Any] = {}
 
 
 def checkpoint_timeout(seconds: float | None = None) -> float:
     """``seconds``, else ``$DRYTORCH_CHECKPOINT_TIMEOUT``, else 600 s."""
+    source = 'The checkpoint timeout'
+    value: object = seconds
     if seconds is None:
         text = os.environ.get(CHECKPOINT_TIMEOUT_VARIABLE, '').strip()
         if not text:
             return DEFAULT_CHECKPOINT_TIMEOUT
+        source, value = CHECKPOINT_TIMEOUT_VARIABLE, text
         try:
-            seconds = float(text)
+            value = float(text)
         except ValueError:
-            raise ValueError(
-                f'{CHECKPOINT_TIMEOUT_VARIABLE}={text!r} is not a number of '
-                'seconds; set it to, for example, 900.'
-            ) from None
-    if not seconds > 0:
+            value = text
+    number = value if isinstance(value, int | float) else None
+    if (
+        number is None
+        or isinstance(number, bool)
+        or not math.isfinite(number)
+        or number < _SHORTEST
+    ):
         raise ValueError(
-            f'The checkpoint timeout must be a positive number of seconds, '
-            f'got {seconds!r}.'
+            f'{source} must be a finite number of seconds, at least '
+            f'{_SHORTEST:g}, got {value!r}; for example 900 for a slow '
+            'parallel file system.'
         )
-    return float(seconds)
+    return float(number)
 
 
 def _group(timeout: float) -> Any:
     """The gloo side group with this timeout (created collectively once).
 
-    Keyed by the default group's identity too: a script that tears the
-    process group down and starts another gets a fresh side group.
+    One per timeout in use (every rank asks for the same ones in the same
+    order), keyed by the default group's identity too: a script that tears
+    the process group down and starts another gets fresh side groups.
     """
-    key = (id(dist.group.WORLD), timeout)
+    world = id(dist.group.WORLD)
+    key = (world, timeout)
     group = _groups.get(key)
     if group is None:
-        _groups.clear()
+        for stale in [k for k in _groups if k[0] != world]:
+            del _groups[stale]
         group = dist.new_group(
             backend='gloo', timeout=datetime.timedelta(seconds=timeout)
         )
@@ -144,7 +156,9 @@ def on_rank_zero(
     return value  # type: ignore[no-any-return]
 
 
-def all_ranks_ok(problem: str | None, what: str) -> None:
+def all_ranks_ok(
+    problem: str | None, what: str, timeout: float | None = None
+) -> None:
     """Raise on every rank when some rank reports a problem (collective).
 
     ``problem`` is this rank's failure in words, or None.  Ranks that did
@@ -156,7 +170,7 @@ def all_ranks_ok(problem: str | None, what: str) -> None:
         return
     gathered: list[Any] = [None] * ranks.get_world_size()
     dist.all_gather_object(
-        gathered, problem, group=_group(checkpoint_timeout())
+        gathered, problem, group=_group(checkpoint_timeout(timeout))
     )
     failures = [(r, p) for r, p in enumerate(gathered) if p]
     if failures:

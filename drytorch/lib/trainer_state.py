@@ -30,7 +30,14 @@ from drytorch.lib.resume import Position, rng_state, stream_for_rank
 if TYPE_CHECKING:
     from drytorch.lib.training import Trainer
 
-__all__ = ['choose_and_read', 'clean_leftovers', 'collect', 'restore', 'save']
+__all__ = [
+    'choose_and_read',
+    'clean_leftovers',
+    'collect',
+    'restore',
+    'restore_hooks',
+    'save',
+]
 
 CHECKPOINT_FORMAT = 1
 
@@ -64,7 +71,9 @@ def collect(trainer: Trainer, position: Position) -> dict[str, Any]:
         'validation_metrics': dict(validation.metrics) if validation else {},
         'terminated': trainer.terminated,
         'hooks': [
-            h.state_dict() if hasattr(h, 'state_dict') else None
+            (type(h).__name__, h.state_dict())
+            if hasattr(h, 'state_dict')
+            else None
             for h in _hooks(trainer)
         ],
         'ranks': per_rank,
@@ -98,9 +107,8 @@ def restore(trainer: Trainer, state: dict[str, Any]) -> Position | None:
     if trainer.validation is not None:
         trainer.validation.metrics = dict(state.get('validation_metrics', {}))
     trainer.terminated = state.get('terminated')
-    for hook, hook_state in zip(_hooks(trainer), state['hooks'], strict=False):
-        if hook_state is not None and hasattr(hook, 'load_state_dict'):
-            hook.load_state_dict(hook_state)
+    trainer._hook_states = dict(enumerate(state['hooks']))
+    restore_hooks(trainer)
     per_rank = state['ranks']
     rank = ranks.get_rank()
     stream_for_rank(per_rank, rank, trainer.model.device)
@@ -109,6 +117,29 @@ def restore(trainer: Trainer, state: dict[str, Any]) -> Position | None:
     if position.phase == 'done' and position.call is None:
         return None
     return position
+
+
+def restore_hooks(trainer: Trainer) -> None:
+    """Give the hooks present now their saved states, once each.
+
+    Called at the restore and again at every training call: a hook that the
+    script appends between two calls gets its state when it is there.  A
+    state goes only to a hook of the class that saved it, at the same place
+    in the hook lists.
+    """
+    pending = trainer._hook_states
+    for index, hook in enumerate(_hooks(trainer)):
+        saved = pending.get(index)
+        if saved is None or not hasattr(hook, 'load_state_dict'):
+            continue
+        if isinstance(saved, tuple) and len(saved) == 2:
+            name, hook_state = saved
+            if name != type(hook).__name__:
+                continue
+        else:  # checkpoints written before hook states carried the class
+            hook_state = saved
+        hook.load_state_dict(hook_state)
+        del pending[index]
 
 
 def _score(trainer: Trainer) -> float | None:
@@ -195,7 +226,11 @@ def choose_and_read(
             mine['state'] = checkpoint.read(path, map_location=device)
         except exceptions.DryTorchError as err:
             problem = str(err)
-    agreement.all_ranks_ok(problem, 'read the checkpoint rank zero chose')
+    agreement.all_ranks_ok(
+        problem,
+        'read the checkpoint rank zero chose',
+        trainer.checkpoint_timeout,
+    )
     return mine['state'], path
 
 

@@ -116,10 +116,10 @@ class Trainer(Runner):
         # bumped whenever the state changes, so that a save of a state
         # already on disk (save_checkpoint() right after train()) is skipped
         self._revision = 0
-        # the script's calls so far, as (method, argument); and those of a
-        # completed earlier attempt while this script repeats them
+        # the script's calls so far, as (method, argument), for the record
         self._calls: list[tuple[str, int]] = []
-        self._continued: list[tuple[str, int]] | None = None
+        # saved hook states not yet given to a hook (see trainer_state)
+        self._hook_states: dict[int, Any] = {}
         self._last_save: tuple[tuple[Any, ...], str] | None = None
         self._module: torch.nn.Module = model.module
         self.register()
@@ -196,17 +196,17 @@ class Trainer(Runner):
         Calls are numbered in the order the script makes them; a resumed
         attempt skips the calls that an earlier attempt finished and
         completes the one it was in, towards the target that call had.
-        When the earlier attempt completed, the script is continued rather
-        than repeated: its calls are the earlier ones only while they are
-        the same (method and argument); from the first that differs on,
-        targets count from the restored epoch, so ``train(3)`` trains
-        three more epochs and ``train_until(7)`` trains to epoch 7.
+        A run resumed on request (``resume=True``) after its earlier
+        attempt completed is continued rather than repeated: targets count
+        from the restored epoch, so ``train(3)`` trains three more epochs
+        and ``train_until(7)`` trains to epoch 7.  A job the scheduler
+        requeued repeats its script, and every finished call is skipped.
         """
         self._train_calls += 1
         call = self._train_calls
         self._auto_resume()
         self._calls.append(request)
-        self._match_continued_script(call, request)
+        trainer_state.restore_hooks(self)
         position = self._position
         resuming = position is not None and position.call == call
         if (
@@ -256,19 +256,6 @@ class Trainer(Runner):
             self._active = (call, self.model.epoch, True)
             log_events.EndTrainingEvent(source_name=self.name)
         self._finish(call, end)
-
-    def _match_continued_script(
-        self, call: int, request: tuple[str, int]
-    ) -> None:
-        """Stop matching calls with a completed attempt's once they differ."""
-        if self._continued is None:
-            return
-        if call <= len(self._continued) and self._continued[call - 1] == (
-            tuple(request)
-        ):
-            return
-        self._continued = None
-        self._forget_calls()
 
     def _finish(self, call: int, end: int) -> None:
         """Checkpoint the end of a training call.
@@ -320,6 +307,11 @@ class Trainer(Runner):
         try:
             for hook in self.post_epoch_hooks:
                 hook(self)
+        except exceptions.PreemptedExit:
+            # an evaluation run by a hook was preempted (in step on every
+            # rank): validation and hooks run again on resume
+            self._in_hooks = False
+            self._preempt(epoch, 0, 'validate', call, end)
         finally:
             self._in_hooks = False
         log_events.EndEpochEvent(
@@ -337,35 +329,39 @@ class Trainer(Runner):
     def _agree_on_stop(self, preempted: bool) -> bool:
         """Agree on terminate and preempt; True when preempting.
 
-        Under a process group, one small reduction per epoch, and only when
-        the trainer has post-epoch hooks: without them nothing can ask for
-        a stop after the epoch's last sync, whose flags every rank already
-        shares (a signal that came after it is read at the next epoch's
-        first sync).  The reasons are gathered only when a stop is agreed.
+        Under a process group, one small reduction per epoch: after the
+        epoch's last sync a hook, or a tracker on rank zero reading the
+        validation metrics, may still ask for a stop on one rank only.
+        None in one process.
         """
         stop = self.terminated is not None or self.terminate_requested
         if not ranks.is_distributed():
             if stop and self.terminated is None:
                 self.terminated = 'requested'
             return preempted or watcher.requested
-        if self.post_epoch_hooks:
-            flags: set[Flag] = set()
-            if stop:
-                flags.add(Flag.terminate)
-            if preempted or watcher.requested:
-                flags.add(Flag.preempt)
-            device = self.model.device
-            empty = torch.zeros(0, dtype=torch.float64, device=device)
-            reduced = self._agreement.reduce(empty, 0, flags)
-            stop = Flag.terminate in reduced.flags
-            preempted = Flag.preempt in reduced.flags
+        flags: set[Flag] = set()
         if stop:
-            reasons: list[Any] = [None] * ranks.get_world_size()
-            dist.all_gather_object(reasons, self.terminated)
-            self.terminated = next(
-                (r for r in reasons if r), 'requested on another rank'
-            )
-        return preempted
+            flags.add(Flag.terminate)
+        if preempted or watcher.requested:
+            flags.add(Flag.preempt)
+        device = self.model.device
+        empty = torch.zeros(0, dtype=torch.float64, device=device)
+        reduced = self._agreement.reduce(empty, 0, flags)
+        if Flag.terminate in reduced.flags:
+            self._agree_on_reason()
+        return Flag.preempt in reduced.flags
+
+    def _agree_on_reason(self) -> None:
+        """Every rank takes the reason of the rank that asked to stop.
+
+        A collective, called only once every rank knows that a stop was
+        asked for (from a reduced flag).
+        """
+        reasons: list[Any] = [None] * ranks.get_world_size()
+        dist.all_gather_object(reasons, self.terminated)
+        self.terminated = next(
+            (r for r in reasons if r), 'requested on another rank'
+        )
 
     def _train_epoch(
         self, epoch: int, start_batch: int, end: int, call: int
@@ -388,6 +384,10 @@ class Trainer(Runner):
             plan, self._step, start_batch=start_batch, check_finite=True
         )
         if outcome.preempted and not outcome.finished:
+            if outcome.terminate and ranks.is_distributed():
+                # a stop asked on one rank in this epoch must come back
+                # with the checkpoint, on every rank
+                self._agree_on_reason()
             self._preempt(epoch - 1, outcome.steps_done, 'train', call, end)
         self.model.epoch = epoch
         self._revision += 1
@@ -514,8 +514,15 @@ class Trainer(Runner):
         # The caller chose this state: the automatic restore of a resumed
         # run must not replace it with the newest checkpoint at the next
         # train() call (which then trained nothing, or from elsewhere).
+        # The newest checkpoint of a resumed run, loaded before training,
+        # is what that restore would load: the script's calls still match.
+        run = Experiment.get_current().run
+        as_resume = epoch < 0 and not self._resume_checked and run.resumed
         self._resume_checked = True
-        self._forget_calls()
+        if not as_resume or (
+            run.previous_status == 'completed' and not run.requeued
+        ):
+            self._forget_calls()
         log_events.LoadModelEvent(
             model_name=self.model.name,
             definition='checkpoint',
@@ -534,8 +541,8 @@ class Trainer(Runner):
     def _auto_resume(self) -> None:
         """On a resumed run, restore the newest checkpoint once.
 
-        When the earlier attempt completed, the script is being continued:
-        see :meth:`_train` for how its calls are matched.
+        A completed run resumed on request is continued, a requeued one
+        repeated (see :meth:`_train`).
         """
         if self._resume_checked:
             return
@@ -551,10 +558,8 @@ class Trainer(Runner):
             return
         state, location = chosen
         self.load_state_dict(state)
-        if run.previous_status == 'completed':
-            position = self._position
-            saved = position.calls if position is not None else []
-            self._continued = [tuple(c) for c in saved]  # type: ignore[misc]
+        if run.previous_status == 'completed' and not run.requeued:
+            self._forget_calls()
         log_events.LoadModelEvent(
             model_name=self.model.name,
             definition='checkpoint',

@@ -231,7 +231,8 @@ def test_hook_state_saved_by_save_every_epochs_is_the_epochs_final_one(
     assert reference.trainer.model.epoch < 12
     state = saved['state']
     assert state['terminated'] == reference.trainer.terminated
-    assert state['hooks'][1] == reference.stopping.state_dict()
+    saved_hook = ('EarlyStoppingCallback', reference.stopping.state_dict())
+    assert state['hooks'][1] == saved_hook
 
 
 # ------------------------------------------------------------ defect 6
@@ -343,10 +344,12 @@ def test_a_checkpoint_that_cannot_be_written_names_the_folder(
     assert blocker.read_text().startswith('a file')
 
 
-def test_repeating_a_completed_script_trains_nothing_more(
-    tmp_path: pathlib.Path,
+def test_a_requeued_job_repeats_its_completed_script_and_trains_nothing(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The same calls as the completed attempt are that attempt's calls."""
+    """SLURM requeued the job after the run completed (a sweep's run A)."""
+    monkeypatch.setenv('SLURM_JOB_ID', '4242')
+    monkeypatch.setenv('SLURM_RESTART_COUNT', '0')
 
     def script(attempt: Attempt) -> None:
         attempt.stopping.patience = 100
@@ -355,16 +358,44 @@ def test_repeating_a_completed_script_trains_nothing_more(
 
     first = Attempt(tmp_path, resume=False)
     assert first.run(script) == 'completed'
-    again = Attempt(tmp_path, resume=True)
-    assert again.run(script) == 'completed'
-    assert again.trainer.model.epoch == 3
-    assert again.trained_epochs() == []
-    assert same(again.weights(), first.weights())
+    monkeypatch.setenv('SLURM_RESTART_COUNT', '1')
+    for resume in (False, True):  # with or without resume=True
+        again = Attempt(tmp_path, resume=resume)
+        assert again.run(script) == 'completed'
+        assert again.trainer.model.epoch == 3
+        assert again.trained_epochs() == []
+        assert same(again.weights(), first.weights())
 
-    def longer(attempt: Attempt) -> None:
-        script(attempt)  # repeated: nothing to do
-        attempt.trainer.train(2)  # new: two more epochs
 
-    more = Attempt(tmp_path, resume=True)
-    assert more.run(longer) == 'completed'
-    assert more.trained_epochs() == [4, 5]
+def test_a_hook_added_between_calls_gets_its_state_back(
+    tmp_path: pathlib.Path,
+) -> None:
+    def script(attempt: Attempt) -> None:
+        attempt.trainer.post_epoch_hooks.remove(attempt.stopping)
+        attempt.trainer.train(2)
+        attempt.trainer.post_epoch_hooks.append(attempt.stopping)
+        attempt.trainer.train(10)
+
+    def first(attempt: Attempt) -> None:
+        attempt.trainer.post_epoch_hooks.remove(attempt.stopping)
+        attempt.trainer.train(2)
+        attempt.trainer.post_epoch_hooks.append(attempt.stopping)
+        late = ('train', attempt.counter.passes['train'] + 7)
+        attempt.counter.flag_at = late
+        attempt.trainer.train(10)
+
+    reference = attempts(tmp_path / 'ref', script)[-1]
+    assert reference.trainer.model.epoch < 12
+    runs = attempts(tmp_path / 'cut', script, first)
+    assert len(runs) == 2
+    assert runs[-1].trainer.model.epoch == reference.trainer.model.epoch
+    assert same(runs[-1].weights(), reference.weights())
+
+
+@pytest.mark.parametrize(
+    'value', [0, -1, float('inf'), float('nan'), True, '5', 1e-9]
+)
+@pytest.mark.usefixtures('run')
+def test_a_bad_checkpoint_timeout_is_refused(value: Any) -> None:
+    with pytest.raises(ValueError, match='finite number of seconds'):
+        _support.make_trainer(checkpoint_timeout=value)

@@ -69,9 +69,15 @@ def test_killed_at_random_moments(
     tmp_path: pathlib.Path,
     seed: int,
 ) -> None:
-    """Two attempts killed at random moments, then one that completes."""
+    """Two attempts killed at random moments, then one that completes.
+
+    An attempt the kill came too late for has completed the run: resuming
+    a completed run on request continues it (``train(3)`` trains three
+    more), so none follows then.
+    """
     moments = random.Random(seed)
     trial = Trial(zygote, tmp_path, 1, [*options(1, 'csv,sql,tb'), *SLOW_RUN])
+    completed = False
     for _ in range(2):
         (pid,) = trial.start()
         time.sleep(moments.uniform(0.05, 1.2))
@@ -79,7 +85,13 @@ def test_killed_at_random_moments(
         (code,) = trial.wait([pid])
         assert code in (-signal.SIGKILL, 0), trial.logs()
         assert_checkpoints_load(trial)
-    assert trial.attempt() == [0], trial.logs()
+        # the run is complete once the script got past it (the kill may
+        # still come before the process exits)
+        if 'FINISHED' in trial.logs().split('--- attempt')[-1]:
+            completed = True
+            break
+    if not completed:
+        assert trial.attempt() == [0], trial.logs()
     assert 'cannot be read' not in trial.logs()
     assert_same_as(trial, reference(1), TRACKERS)
 
