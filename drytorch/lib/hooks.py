@@ -74,8 +74,26 @@ class MetricMonitor:
         )
         return objective.higher_is_better.get(name, False)
 
+    def has_new_value(self, trainer: Trainer) -> bool:
+        """Whether the metric was computed this epoch.
+
+        Validation every ``interval`` epochs leaves the epochs in between
+        without a new value: counting the old one again would take a pause
+        of the validation for a plateau.
+        """
+        validation = trainer.validation
+        if self.source != 'validation' or validation is None:
+            return True
+        return trainer.model.epoch % trainer.validation_interval == 0
+
     def update(self, trainer: Trainer) -> bool:
-        """Record this epoch's value; True when it is a new best."""
+        """Record this epoch's value; True when it is a new best.
+
+        An epoch without a new value (see :meth:`has_new_value`) changes
+        nothing.
+        """
+        if not self.has_new_value(trainer):
+            return False
         name, value = self._value(trainer)
         if math.isnan(value):
             self.epochs_without_improvement += 1
@@ -123,6 +141,8 @@ class EarlyStoppingCallback(MetricMonitor):
     def __call__(self, trainer: Trainer) -> None:
         if trainer.model.epoch < self.start_from_epoch:
             return
+        if not self.has_new_value(trainer):
+            return
         self.update(trainer)
         if self.epochs_without_improvement >= self.patience:
             trainer.terminate_training(
@@ -162,6 +182,8 @@ class ReduceLROnPlateau(MetricMonitor):
         self.cooldown_left = 0
 
     def __call__(self, trainer: Trainer) -> None:
+        if not self.has_new_value(trainer):
+            return
         self.update(trainer)
         if self.cooldown_left > 0:
             self.cooldown_left -= 1

@@ -60,6 +60,14 @@ def _unwrap_compiled(
     return plain, module
 
 
+_COMPILED_SEGMENT = '_orig_mod'
+
+
+def _plain_name(key: str) -> str:
+    """``key`` without the segments that compiled submodules add."""
+    return '.'.join(p for p in key.split('.') if p != _COMPILED_SEGMENT)
+
+
 def _without_compiled_prefix(state: dict[str, Any]) -> dict[str, Any]:
     """A module state with the ``_orig_mod.`` prefix removed, if all have it.
 
@@ -267,8 +275,17 @@ class Model:
                 offset += size
 
     def state_dict(self) -> dict[str, Any]:
-        """Weights and epoch count, under the plain module's names."""
-        return {'module': self.module.state_dict(), 'epoch': self.epoch}
+        """Weights and epoch count, under the plain module's names.
+
+        Submodules compiled on their own (``net.encoder =
+        torch.compile(...)``) lose their ``_orig_mod.`` segment too.
+        """
+        state = self.module.state_dict()
+        if any(_COMPILED_SEGMENT in key.split('.') for key in state):
+            state = collections.OrderedDict(
+                (_plain_name(key), value) for key, value in state.items()
+            )
+        return {'module': state, 'epoch': self.epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore weights and epoch count.
@@ -276,7 +293,14 @@ class Model:
         A module state saved from a compiled module before checkpoints held
         plain names (every key prefixed ``_orig_mod.``) loads too.
         """
-        self.module.load_state_dict(_without_compiled_prefix(state['module']))
+        incoming = _without_compiled_prefix(state['module'])
+        own = {_plain_name(k): k for k in self.module.state_dict()}
+        if any(plain != key for plain, key in own.items()):
+            # compiled submodules: plain names back to this module's own
+            incoming = collections.OrderedDict(
+                (own.get(_plain_name(k), k), v) for k, v in incoming.items()
+            )
+        self.module.load_state_dict(incoming)
         self.epoch = int(state['epoch'])
 
     def _weights(self) -> LocalCheckpoint:

@@ -399,3 +399,25 @@ def test_a_hook_added_between_calls_gets_its_state_back(
 def test_a_bad_checkpoint_timeout_is_refused(value: Any) -> None:
     with pytest.raises(ValueError, match='finite number of seconds'):
         _support.make_trainer(checkpoint_timeout=value)
+
+
+@pytest.mark.parametrize('start_from_epoch', [1, 2])
+@pytest.mark.usefixtures('run')
+def test_monitors_count_only_epochs_that_validated(
+    start_from_epoch: int,
+) -> None:
+    """Validation every 2 epochs: epochs 1, 3, 5 bring no new value."""
+    trainer = _support.make_trainer()
+    trainer.add_validation(
+        drytorch.DataLoader(_support.regression_data(16, seed=1), 8),
+        interval=2,
+    )
+    stopping = hooks.EarlyStoppingCallback(
+        patience=1, start_from_epoch=start_from_epoch, min_delta=1e9
+    )
+    plateau = hooks.ReduceLROnPlateau(patience=1, factor=0.5)
+    trainer.post_epoch_hooks.extend([plateau, stopping])
+    trainer.train(6)
+    # the first value (epoch 2) is a best; the second (epoch 4) is not
+    assert trainer.model.epoch == 4
+    assert stopping.epochs_without_improvement == 1

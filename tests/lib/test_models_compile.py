@@ -133,3 +133,29 @@ def test_a_trained_compiled_model_checkpoints_the_plain_module() -> None:
     assert any(not torch.equal(trained[k], initial[k]) for k in initial)
     for name, value in fresh.state_dict().items():
         assert torch.equal(value, trained[name])
+
+
+@pytest.mark.usefixtures('run')
+def test_a_compiled_submodule_checkpoints_plain_names() -> None:
+    """``net[0] = torch.compile(net[0])``: the keys are those of ``net``."""
+    plain = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1))
+    compiled_inside = nn.Sequential(
+        torch.compile(nn.Linear(3, 4)), nn.ReLU(), nn.Linear(4, 1)
+    )
+    model = drytorch.Model(compiled_inside, name='inside', device='cpu')
+    state = model.state_dict()['module']
+    assert list(state) == list(plain.state_dict())
+    plain.load_state_dict(state)  # strict
+    other = drytorch.Model(
+        nn.Sequential(
+            torch.compile(nn.Linear(3, 4)), nn.ReLU(), nn.Linear(4, 1)
+        ),
+        name='other',
+        device='cpu',
+    )
+    other.load_state_dict({'module': plain.state_dict(), 'epoch': 0})
+    loaded = other.module.state_dict()
+    assert all(
+        torch.equal(v, plain.state_dict()[k.replace('_orig_mod.', '')])
+        for k, v in loaded.items()
+    )
