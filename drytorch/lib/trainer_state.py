@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
@@ -37,6 +38,7 @@ __all__ = [
     'restore',
     'restore_hooks',
     'save',
+    'script_of_run',
 ]
 
 CHECKPOINT_FORMAT = 1
@@ -79,6 +81,7 @@ def collect(trainer: Trainer, position: Position) -> dict[str, Any]:
         'ranks': per_rank,
         'world_size': ranks.get_world_size(),
         'run': {'id': run.id, 'attempt': run.attempt},
+        'trainer': trainer.name,
     }
 
 
@@ -111,12 +114,58 @@ def restore(trainer: Trainer, state: dict[str, Any]) -> Position | None:
     restore_hooks(trainer)
     per_rank = state['ranks']
     rank = ranks.get_rank()
-    stream_for_rank(per_rank, rank, trainer.model.device)
+    if script_of_run().takes_streams_of(position.call):
+        stream_for_rank(per_rank, rank, trainer.model.device)
     if position.phase == 'train':
         trainer.accumulator.load_state_dict(per_rank[rank]['accumulator'])
     if position.phase == 'done' and position.call is None:
         return None
     return position
+
+
+class ScriptState:
+    """What the trainers of one attempt of a run share: the script's calls.
+
+    Training calls are numbered across every trainer and model of the run,
+    so that checkpoints of different models and trainers are ordered in
+    the script.  The random streams are the process's, not a model's: of
+    the checkpoints restored, the one latest in the script gives them (a
+    second model's older checkpoint must not rewind them).
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.streams_from = -1
+
+    def next_call(self) -> int:
+        self.calls += 1
+        return self.calls
+
+    def takes_streams_of(self, call: int | None) -> bool:
+        """Whether a checkpoint of ``call`` restores the random streams.
+
+        A checkpoint the user loads by hand (no call) always does.
+        """
+        if call is None:
+            return True
+        if call < self.streams_from:
+            return False
+        self.streams_from = call
+        return True
+
+
+_scripts: weakref.WeakKeyDictionary[Any, ScriptState] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def script_of_run() -> ScriptState:
+    """The shared state of the running run's script (made on first use)."""
+    run = Experiment.get_current().run
+    script = _scripts.get(run)
+    if script is None:
+        script = _scripts[run] = ScriptState()
+    return script
 
 
 def restore_hooks(trainer: Trainer) -> None:

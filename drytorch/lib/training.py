@@ -105,7 +105,9 @@ class Trainer(Runner):
         self.base_lr: float | dict[str, float] | None = None
         self.terminated: str | None = None
         self.checkpoint_timeout = agreement_timeout(checkpoint_timeout)
-        self._train_calls = 0
+        # calls before a later one that another trainer of the same model
+        # checkpointed: finished in an earlier attempt (see _auto_resume)
+        self._foreign_after = 0
         self._position: Position | None = None
         # (call, end epoch, whether the call has returned)
         self._active: tuple[int | None, int | None, bool] = (None, None, True)
@@ -202,9 +204,10 @@ class Trainer(Runner):
         and ``train_until(7)`` trains to epoch 7.  A job the scheduler
         requeued repeats its script, and every finished call is skipped.
         """
-        self._train_calls += 1
-        call = self._train_calls
+        call = trainer_state.script_of_run().next_call()
         self._auto_resume()
+        if call < self._foreign_after:
+            return  # finished before another trainer's checkpoint
         self._calls.append(request)
         trainer_state.restore_hooks(self)
         position = self._position
@@ -557,8 +560,18 @@ class Trainer(Runner):
         if chosen is None:
             return
         state, location = chosen
+        continued = run.previous_status == 'completed' and not run.requeued
+        if state.get('trainer', self.name) != self.name:
+            # another trainer of this model (pretraining, then fine-tuning)
+            # wrote it, later in the script: this trainer's calls before it
+            # are done, and its own state is not in there
+            if continued:
+                self.model.load_state_dict(state['model'])
+            else:
+                self._foreign_after = Position(**state['position']).call or 0
+            return
         self.load_state_dict(state)
-        if run.previous_status == 'completed' and not run.requeued:
+        if continued:
             self._forget_calls()
         log_events.LoadModelEvent(
             model_name=self.model.name,

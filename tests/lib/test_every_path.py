@@ -421,3 +421,88 @@ def test_monitors_count_only_epochs_that_validated(
     # the first value (epoch 2) is a best; the second (epoch 4) is not
     assert trainer.model.epoch == 4
     assert stopping.epochs_without_improvement == 1
+
+
+class Scripted:
+    """A script of several trainers and models, preemptable at one pass."""
+
+    def __init__(self, root: pathlib.Path, resume: bool, flag_at: int) -> None:
+        self.experiment = drytorch.Experiment({}, name='Many', par_dir=root)
+        self.resume = resume
+        self.counter = Counter()
+        if flag_at:
+            self.counter.flag_at = ('train', flag_at)
+
+    def net(self, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return nn.Sequential(
+            self.counter, nn.Linear(3, 8), nn.Dropout(0.3), nn.Linear(8, 1)
+        )
+
+    def run(self, body: Callable[[Scripted], dict[str, Any]]) -> Any:
+        try:
+            with self.experiment.create_run(run_id='m', resume=self.resume):
+                return body(self)
+        except exceptions.PreemptedExit:
+            return None
+
+
+def pretrain_then_finetune(script: Scripted) -> dict[str, Any]:
+    model = drytorch.Model(script.net(0), name='net', device='cpu')
+    data = drytorch.DataLoader(_support.regression_data(), 8, seed=0)
+    pretrain = drytorch.Trainer(
+        model,
+        loader=data,
+        loss=drytorch.Loss('MSE'),
+        learning_schema=drytorch.LearningSchema.SGD(0.05),
+    )
+    finetune = drytorch.Trainer(
+        model,
+        'Finetune',
+        loader=drytorch.DataLoader(_support.regression_data(24, 3), 8),
+        loss=drytorch.Loss('MAE'),
+        learning_schema=drytorch.LearningSchema.Adam(0.01),
+    )
+    pretrain.train(2)
+    finetune.train(2)
+    return {'net': model.module.state_dict(), 'epoch': model.epoch}
+
+
+def two_models(script: Scripted) -> dict[str, Any]:
+    out = {}
+    trainers = {}
+    for name, seed in (('a', 0), ('b', 1)):
+        model = drytorch.Model(script.net(seed), name=name, device='cpu')
+        trainers[name] = drytorch.Trainer(
+            model,
+            loader=drytorch.DataLoader(_support.regression_data(), 8, seed=0),
+            loss=drytorch.Loss('MSE'),
+            learning_schema=drytorch.LearningSchema.SGD(0.05),
+        )
+    trainers['a'].train(2)
+    trainers['b'].train(2)
+    trainers['a'].train(2)
+    for name, trainer in trainers.items():
+        out[name] = trainer.model.module.state_dict()
+    return out
+
+
+@pytest.mark.parametrize(
+    ('body', 'flag_at'),
+    [(pretrain_then_finetune, 13), (two_models, 23), (two_models, 3)],
+)
+def test_several_trainers_and_models_resume_exactly(
+    tmp_path: pathlib.Path,
+    body: Callable[[Scripted], dict[str, Any]],
+    flag_at: int,
+) -> None:
+    """The script's calls are numbered across trainers and models."""
+    reference = Scripted(tmp_path / 'ref', False, 0).run(body)
+    assert Scripted(tmp_path / 'cut', False, flag_at).run(body) is None
+    resumed = Scripted(tmp_path / 'cut', True, 0).run(body)
+    assert resumed is not None
+    for name, weights in reference.items():
+        if isinstance(weights, dict):
+            assert same(resumed[name], weights), name
+        else:
+            assert resumed[name] == weights, name
