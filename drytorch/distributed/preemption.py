@@ -76,12 +76,14 @@ class PreemptionWatcher:
     Attributes:
         signalled_at: ``time.monotonic()`` of the first signal, if any.
         signum: the first signal received, if any.
+        consumed: the signal that the last preempted run stopped for.
 
     """
 
     def __init__(self) -> None:
         self.signalled_at: float | None = None
         self.signum: int | None = None
+        self.consumed: int | None = None
         self._previous: dict[int, object] = {}
 
     @property
@@ -99,7 +101,13 @@ class PreemptionWatcher:
         self._handle(signal.SIGUSR2, None)
 
     def reset(self) -> None:
-        """Forget a signal, once a run has stopped for it."""
+        """Forget a signal, once a run has stopped for it.
+
+        The signal stays readable as :attr:`consumed`: what the job does
+        after the run (requeue or not) depends on which one it was.
+        """
+        if self.signum is not None:
+            self.consumed = self.signum
         self.signalled_at = None
         self.signum = None
 

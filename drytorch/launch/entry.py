@@ -230,13 +230,14 @@ class DistributedJob:
         if isinstance(task, DebugTask):
             return task.requeue()
         # A second signal must not reach submitit's handler (back in place
-        # now that the run has stopped) and requeue the job twice.
+        # once drytorch's are disarmed) and requeue the job twice.
         for sig in (signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, signal.SIG_IGN)
         # Every rank raised PreemptedExit at the same step.  The broadcast
         # hands rank zero's decision to all, and keeps rank zero from
         # requeueing (which ends the job) while a rank is still finishing.
-        stopped_by = watcher.signum
+        # the run that stopped for it has reset the flag
+        stopped_by = watcher.signum or watcher.consumed
         requeue = ranks.broadcast_object(stopped_by != signal.SIGTERM)
         if not requeue:
             task.say(

@@ -304,6 +304,18 @@ def _trainer(at: int = 0, scale: float = 1.0) -> drytorch.Trainer:
     return trainer
 
 
+class _DiedError(Exception):
+    """The process dies (as a SIGKILL would) at a chosen epoch."""
+
+
+def _die_at(epoch: int) -> Callable[[drytorch.Trainer], None]:
+    def hook(trainer: drytorch.Trainer) -> None:
+        if trainer.model.epoch == epoch:
+            raise _DiedError
+
+    return hook
+
+
 def _attempt(
     exp: drytorch.Experiment[Any],
     script: Callable[[], None],
@@ -383,9 +395,14 @@ def test_batch_scalars_replace_what_a_killed_attempt_wrote_past_it(
             trainer = _trainer(scale=scale)
             trainer.train(1)
             trainer.save_checkpoint()
-            trainer.train(2)
             if die:
-                raise exceptions.PreemptedExit()
+                # dies once epoch 3 is logged, before the checkpoint that
+                # the end of the call would write
+                trainer.post_epoch_hooks.append(_die_at(3))
+            try:
+                trainer.train(2)
+            except _DiedError:
+                raise exceptions.PreemptedExit() from None
 
         return run
 
