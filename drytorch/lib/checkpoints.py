@@ -6,14 +6,16 @@ killed at any moment therefore leaves either the old set of complete files
 or the new one, plus at most a temporary file under a name no loader reads.
 
 ``latest`` is the authority on what to resume from, because it is written
-only after a save succeeded and says which save came last.  File names
+only after a save succeeded and says which save came last. File names
 cannot say that: after ``load_checkpoint(1)`` and more training, the new
 ``epoch_000002.pt`` is the present, and an ``epoch_000005.pt`` of the
-abandoned future only looks newer.  The scan by (epoch, batch) position,
+abandoned future only looks newer. The scan by (epoch, batch) position,
 parsed from the names, is the fallback when the pointer is missing, names
-no file, or names one that cannot be read; positions after the pointer's
-are tried last, since they are not part of the history the last save
-continued (they exist only from such a rewind or from a copy by hand).
+no file, or names one that cannot be read. A complete file past the pointer
+and written after it moved is the one exception: a kill came between its
+rename and the pointer's move, and it is the last complete checkpoint, so
+it comes first; other positions past the pointer's (a rewind, a copy by
+hand) come last.
 
 What to delete afterwards (retention by position and by score, kept in
 ``scores.json``) and the removal of temporary files that killed writes
@@ -79,6 +81,13 @@ class CheckpointUnreadableError(exceptions.DryTorchError):
             'nothing removed or rewrote the file; `load(-1)` falls back '
             'to an older checkpoint instead.'
         )
+
+
+def _mtime(path: pathlib.Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return float('-inf')
 
 
 def file_name(epoch: int, batch: int = 0) -> str:
@@ -342,7 +351,8 @@ class LocalCheckpoint:
         pointer = self._pointer(found)
         order = [c for c in reversed(found) if mid_epoch or not c.mid_epoch]
         if pointer is not None:  # stable: each group stays newest first
-            order.sort(key=lambda c: c > pointer)
+            moved = _mtime(self.directory / LATEST)
+            order.sort(key=lambda c: c > pointer and _mtime(c.path) <= moved)
         return order
 
     def _pointer(self, found: list[CheckpointInfo]) -> CheckpointInfo | None:

@@ -667,3 +667,20 @@ def test_the_kept_set_is_what_the_rule_says(
             file_name(*p): s for p, s in present.items() if s is not None
         }
         assert store.load(-1)[0] == {'step': step}
+
+
+def test_a_kill_between_the_rename_and_the_pointer_loads_the_new_file(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The newest complete file wins over a pointer that did not move yet."""
+    store = LocalCheckpoint(tmp_path)
+    store.bind('net')
+    store.save({'epoch': 1}, 1)
+    store.save({'epoch': 2}, 2)
+    latest = store.directory / 'latest'
+    before = latest.read_text()
+    time.sleep(0.01)
+    store.save({'epoch': 3}, 3)
+    latest.write_text(before)  # as if killed before the pointer moved
+    os.utime(latest, (0, 0))
+    assert store.load(-1)[0] == {'epoch': 3}
