@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 import weakref
 from typing import TYPE_CHECKING, Any
 
@@ -202,10 +203,22 @@ def _score(trainer: Trainer) -> float | None:
         return None
     name = getattr(checkpoint, 'monitor', None) or trainer.loss.name
     validation = trainer.validation
-    for metrics in (validation.metrics if validation else {}, trainer.metrics):
+    sources = (validation.metrics if validation else {}, trainer.metrics)
+    for metrics in sources:
         value = metrics.get(name)
         if value is not None and math.isfinite(value):
             return float(value)
+    known = sorted({k for metrics in sources for k in metrics})
+    if known and all(name not in metrics for metrics in sources):
+        warnings.warn(
+            exceptions.DryTorchWarning(
+                f'keep_best ranks checkpoints by {name!r}, which this '
+                f'trainer does not report (it reports {known}); no '
+                'checkpoint is kept as a best. Pass one of those as '
+                '`LocalCheckpoint(monitor=...)`.'
+            ),
+            stacklevel=4,
+        )
     return None
 
 

@@ -506,3 +506,16 @@ def test_several_trainers_and_models_resume_exactly(
             assert same(resumed[name], weights), name
         else:
             assert resumed[name] == weights, name
+
+
+@pytest.mark.usefixtures('run')
+def test_keep_best_by_a_metric_the_trainer_lacks_is_a_warning(
+    tmp_path: pathlib.Path,
+) -> None:
+    trainer = _support.make_trainer(
+        checkpoint=drytorch.LocalCheckpoint(
+            tmp_path / 'ck', keep_best=1, monitor='Accuracy'
+        )
+    )
+    with pytest.warns(exceptions.DryTorchWarning, match="'Accuracy'"):
+        trainer.train(1)
