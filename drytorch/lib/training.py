@@ -21,7 +21,6 @@ import torch
 import torch.distributed as dist
 
 from drytorch.core import exceptions, log_events
-from drytorch.core.experimenting import Experiment
 from drytorch.distributed import ranks
 from drytorch.distributed.agreement import (
     checkpoint_timeout as agreement_timeout,
@@ -36,6 +35,7 @@ from drytorch.lib.models import Model
 from drytorch.lib.objectives import LossBase
 from drytorch.lib.resume import Position
 from drytorch.lib.runners import LoopOutcome, Runner, to_device, unpack_batch
+from drytorch.lib.trainer_checkpointing import Checkpointing
 
 __all__ = ['Trainer']
 
@@ -55,7 +55,7 @@ def _epoch_count(name: str, value: Any) -> int:
     return count
 
 
-class Trainer(Runner):
+class Trainer(Checkpointing, Runner):
     """Trains a model with a loss and a learning schema.
 
     Args:
@@ -444,151 +444,6 @@ class Trainer(Runner):
         if outcome.preempted and not outcome.finished:
             self._preempt(epoch, 0, 'validate', call, end)
         return outcome.preempted
-
-    # ------------------------------------------------------------ state
-    def state_dict(self, position: Position | None = None) -> dict[str, Any]:
-        """Everything needed to continue exactly (collective: gathers).
-
-        Every rank must call it: the random states and partial metric sums
-        of all ranks are gathered so that each rank gets its own back.
-        """
-        position = position or Position(self.model.epoch, 0, 'done')
-        return trainer_state.collect(self, position)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a checkpoint written by :meth:`state_dict`."""
-        self._position = trainer_state.restore(self, state)
-        self._revision += 1
-        self._apply_lr()
-
-    def save_checkpoint(self) -> None:
-        """Save the full training state at the current epoch (all ranks).
-
-        The position records which ``train`` call of the script was running
-        and its last epoch, so that a resumed script skips the calls that
-        had finished and completes the one that had not.  Called from a
-        post-epoch hook, the write waits until every hook has run.
-        """
-        if self._in_hooks:
-            self._save_requested = True
-            return
-        call, end, finished = self._active
-        position = self._position_at(self.model.epoch, 0, 'done', call, end)
-        position.finished = finished
-        self._save(position)
-
-    def _position_at(
-        self, epoch: int, batch: int, phase: str, call: Any, end: Any
-    ) -> Position:
-        """A position of the current call, with the script's calls so far."""
-        return Position(
-            epoch, batch, phase, call, end, calls=list(self._calls)
-        )
-
-    def _save_key(self, position: Position) -> tuple[Any, ...]:
-        return (self._revision, *dataclasses.astuple(position))
-
-    def _save(self, position: Position) -> str:
-        key = self._save_key(position)
-        if self._last_save is not None and self._last_save[0] == key:
-            location = self._last_save[1]  # this very state is on disk
-        else:
-            location = trainer_state.save(self, position)
-            self._last_save = (key, location)
-        log_events.SaveModelEvent(
-            model_name=self.model.name,
-            definition='checkpoint',
-            location=location,
-            epoch=self.model.epoch,
-        )
-        return location
-
-    def load_checkpoint(self, epoch: int = -1) -> None:
-        """Load the full training state of ``epoch`` (-1: the newest).
-
-        Rank zero chooses the file; every rank loads that one.
-        """
-        chosen = trainer_state.choose_and_read(
-            self, epoch, mid_epoch=epoch < 0, required=True
-        )
-        assert chosen is not None
-        state, location = chosen
-        self.load_state_dict(state)
-        # The caller chose this state: the automatic restore of a resumed
-        # run must not replace it with the newest checkpoint at the next
-        # train() call (which then trained nothing, or from elsewhere).
-        # The newest checkpoint of a resumed run, loaded before training,
-        # is what that restore would load: the script's calls still match.
-        run = Experiment.get_current().run
-        as_resume = epoch < 0 and not self._resume_checked and run.resumed
-        self._resume_checked = True
-        if not as_resume or (
-            run.previous_status == 'completed' and not run.requeued
-        ):
-            self._forget_calls()
-        log_events.LoadModelEvent(
-            model_name=self.model.name,
-            definition='checkpoint',
-            location=location,
-            epoch=self.model.epoch,
-        )
-
-    def _forget_calls(self) -> None:
-        """Treat the restored state as a fresh start for the script's calls."""
-        if self._position is not None:
-            self._position.call = None
-            self._position.end_epoch = None
-            if self._position.phase == 'done':
-                self._position = None
-
-    def _auto_resume(self) -> None:
-        """On a resumed run, restore the newest checkpoint once.
-
-        A completed run resumed on request is continued, a requeued one
-        repeated (see :meth:`_train`).
-        """
-        if self._resume_checked:
-            return
-        self._resume_checked = True
-        run = Experiment.get_current().run
-        trainer_state.clean_leftovers(self)
-        if not run.resumed:
-            return
-        chosen = trainer_state.choose_and_read(
-            self, -1, mid_epoch=True, required=False
-        )
-        if chosen is None:
-            return
-        state, location = chosen
-        continued = run.previous_status == 'completed' and not run.requeued
-        if state.get('trainer', self.name) != self.name:
-            # another trainer of this model (pretraining, then fine-tuning)
-            # wrote it, later in the script: this trainer's calls before it
-            # are done, and its own state is not in there
-            if continued:
-                self.model.load_state_dict(state['model'])
-            else:
-                self._foreign_after = Position(**state['position']).call or 0
-            return
-        self.load_state_dict(state)
-        if continued:
-            self._forget_calls()
-        log_events.LoadModelEvent(
-            model_name=self.model.name,
-            definition='checkpoint',
-            location=location,
-            epoch=self.model.epoch,
-        )
-
-    def _preempt(
-        self, epoch: int, batch: int, phase: str, call: int, end: int
-    ) -> None:
-        """Checkpoint the exact position, then leave with 'requeue me'."""
-        self._save(self._position_at(epoch, batch, phase, call, end))
-        raise exceptions.PreemptedExit(
-            f'Preempted at epoch {epoch}, batch {batch}; the checkpoint is '
-            'saved and the run will resume there.'
-        )
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
