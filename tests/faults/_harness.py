@@ -15,8 +15,6 @@ import dataclasses
 import json
 import pathlib
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -35,7 +33,6 @@ from tests.preemption._support import (
     _kill_group,
     assert_bitwise_equal,
     assert_records_once,
-    base_environ,
     checkpoint_name,
     sql_run,
 )
@@ -56,16 +53,7 @@ class FaultZygote(Zygote):
     """The preemption tests' zygote client, talking to ``_zygote.py`` here."""
 
     def __init__(self, startup: float = 180.0) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, str(FORKER)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=base_environ(),
-            text=True,
-        )
-        ready = self._read(startup)
-        if not ready.get('ready'):
-            raise RuntimeError(f'the zygote did not start: {ready}')
+        super().__init__(startup, script=FORKER)
 
 
 @dataclasses.dataclass

@@ -55,9 +55,11 @@ def base_environ() -> dict[str, str]:
 class Zygote:
     """Client of the warm parent process that forks the attempts."""
 
-    def __init__(self, startup: float = 180.0) -> None:
+    def __init__(
+        self, startup: float = 180.0, script: pathlib.Path = ZYGOTE
+    ) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, str(ZYGOTE)],
+            [sys.executable, str(script)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=base_environ(),

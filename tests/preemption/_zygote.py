@@ -24,6 +24,7 @@ closes.
 from __future__ import annotations
 
 import atexit
+import faulthandler
 import importlib
 import json
 import os
@@ -31,6 +32,7 @@ import pathlib
 import sys
 import threading
 import traceback
+from types import ModuleType
 from typing import Any, NoReturn
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -66,8 +68,15 @@ def reply(message: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def child(request: dict[str, Any]) -> NoReturn:
-    """In the forked child: become the worker, then leave with its status."""
+def child(
+    request: dict[str, Any], worker: ModuleType, stacks_after: float
+) -> NoReturn:
+    """In the forked child: become the worker, then leave with its status.
+
+    A hung attempt is killed by the test after its timeout: ``stacks_after``
+    seconds in, every thread's stack goes to the log first, so that the
+    hang can be read.
+    """
     os.setsid()
     log = os.open(request['log'], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     devnull = os.open(os.devnull, os.O_RDONLY)
@@ -77,18 +86,12 @@ def child(request: dict[str, Any]) -> NoReturn:
     os.close(log)
     os.close(devnull)
     os.environ.update(request.get('env', {}))
-    import faulthandler
-
-    import _worker
-
-    # a hung attempt is killed by the test after its timeout: leave every
-    # thread's stack in the log first, so that the hang can be read
-    faulthandler.dump_traceback_later(75, exit=False)
+    faulthandler.dump_traceback_later(stacks_after, exit=False)
     argv = [str(a) for a in request['argv']]
-    sys.argv = [_worker.__file__, *argv]
+    sys.argv = [worker.__file__ or '', *argv]
     try:
         try:
-            code: object = _worker.main(argv)
+            code: object = worker.main(argv)
         finally:
             from drytorch.distributed import teardown_distributed
 
@@ -109,14 +112,20 @@ def child(request: dict[str, Any]) -> NoReturn:
     os._exit((code or 0) & 0xFF)
 
 
-def serve() -> None:
+def serve(worker: ModuleType, stacks_after: float) -> None:
+    """Answer requests until stdin closes (see the module docstring)."""
+    threads = [t.name for t in threading.enumerate()]
+    if len(threads) != 1:
+        reply({'error': f'threads before fork: {threads}'})
+        sys.exit(1)
+    reply({'ready': True})
     for line in sys.stdin:
         request = json.loads(line)
         if request['op'] == 'start':
             sys.stdout.flush()
             pid = os.fork()
             if pid == 0:
-                child(request)
+                child(request, worker, stacks_after)
             reply({'pid': pid})
         elif request['op'] == 'wait':
             _, status = os.waitpid(int(request['pid']), 0)
@@ -127,9 +136,4 @@ def serve() -> None:
 
 if __name__ == '__main__':
     warm()
-    threads = [t.name for t in threading.enumerate()]
-    if len(threads) != 1:
-        reply({'error': f'threads before fork: {threads}'})
-        sys.exit(1)
-    reply({'ready': True})
-    serve()
+    serve(importlib.import_module('_worker'), 75.0)
