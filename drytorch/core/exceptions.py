@@ -24,6 +24,7 @@ __all__ = [
     'ModelAlreadyRegisteredError',
     'NameNotValidError',
     'NoActiveRunError',
+    'NotAFolderError',
     'PreemptedExit',
     'REQUEUE_EXIT_CODE',
     'RunAlreadyExistsError',
@@ -104,8 +105,29 @@ class NameNotValidError(DryTorchError, ValueError):
         shown = name if len(name) <= 60 else name[:57] + '...'
         super().__init__(
             f'{kind} name {shown!r} cannot be used as a folder name: '
-            f'{reason}. Choose a name with letters, digits, spaces, '
-            "'-', '_', '.', '@' only, at most 255 characters."
+            f'{reason}. A name may hold any character but '
+            '< > : " / \\ | ? * and control characters; it must not be '
+            "empty, '.' or '..', nor begin or end with whitespace, and it "
+            'must fit in 255 bytes of UTF-8 (223 for a source or actor '
+            'name, whose files add suffixes). Choose another name.'
+        )
+
+
+class NotAFolderError(DryTorchError, NotADirectoryError):
+    """Raised when a folder to write in is, or is under, a file."""
+
+    def __init__(
+        self, owner: str, folder: pathlib.Path, blocker: pathlib.Path
+    ) -> None:
+        where = (
+            f'{folder} is a file'
+            if blocker == folder
+            else f'{blocker} is a file, and {folder} would be inside it'
+        )
+        super().__init__(
+            f'{owner} cannot write in {folder}: {where}. Nothing was '
+            'written there. Move or rename that file, or choose another '
+            'par_dir.'
         )
 
 
@@ -136,11 +158,21 @@ class TrackerError(DryTorchError):
 class TrackerAlreadySubscribedError(DryTorchError, ValueError):
     """Raised when a name is subscribed twice to one dispatcher."""
 
-    def __init__(self, name: str) -> None:
-        super().__init__(
-            f'A tracker named {name!r} is already subscribed; remove it '
-            f'first with `trackers.remove({name!r})` or pick another name.'
-        )
+    def __init__(self, name: str, default: bool = False) -> None:
+        if default:
+            where = (
+                'is already a default tracker; call '
+                '`remove_all_default_trackers()` first, or give the new one '
+                "a name of its own: `extend_default_trackers({'my_name': "
+                'tracker})`.'
+            )
+        else:
+            where = (
+                f'is already subscribed; remove it first with '
+                f'`trackers.remove({name!r})`, or give the new one a name of '
+                'its own: `trackers.subscribe(my_name=tracker)`.'
+            )
+        super().__init__(f'A tracker named {name!r} {where}')
 
 
 class TrackerNotUsedError(DryTorchError):

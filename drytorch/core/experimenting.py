@@ -19,6 +19,7 @@ import warnings
 from typing import Any, ClassVar, Generic, Self, TypeVar
 
 from drytorch.core import exceptions, log_events
+from drytorch.core.folders import check_folder, validate_folder_name
 from drytorch.core.metadata import MetadataManager
 from drytorch.core.registry import RunRegistry, RunStatus
 from drytorch.core.tracking import DEFAULT_TRACKERS, EventDispatcher
@@ -28,27 +29,6 @@ from drytorch.distributed.preemption import request_requeue, watcher
 __all__ = ['Experiment', 'Run', 'validate_folder_name']
 
 _T_co = TypeVar('_T_co', covariant=True)
-_FORBIDDEN = set('<>:"/\\|?*')
-_MAX_NAME = 255
-
-
-def validate_folder_name(kind: str, name: str) -> str:
-    """Return ``name`` if it can be a folder name on every system."""
-    bad = sorted({c for c in name if c in _FORBIDDEN or ord(c) < 32})
-    if bad:
-        shown = ' '.join(repr(c) for c in bad)
-        raise exceptions.NameNotValidError(
-            kind, name, f'it contains the characters {shown}'
-        )
-    if len(name) > _MAX_NAME:
-        raise exceptions.NameNotValidError(
-            kind, name, f'it is {len(name)} characters long'
-        )
-    if name.strip() in {'.', '..'} or name != name.strip():
-        raise exceptions.NameNotValidError(
-            kind, name, 'it is a dot name or has leading/trailing spaces'
-        )
-    return name
 
 
 def _scheduler_job() -> tuple[str | None, int]:
@@ -231,14 +211,19 @@ class Run:
             return
         self.status = status
         exp = self.experiment
+        relayed: BaseException | None = None
         try:
             log_events.StopExperimentEvent(
                 exp_name=exp.name, run_id=self.id, status=status
             )
         finally:
+            # trackers catch up (within their drain timeout) before the
+            # status is final and before a preempted job asks for requeue
+            relayed = exp.trackers.deactivate()
+            if relayed is not None and status == 'completed':
+                self.status = status = 'failed'
             if self.record and ranks.is_rank_zero():
                 exp.registry.update(self.id, status=status)
-            exp.trackers.deactivate()
             if Experiment._current_run_obj is self:
                 Experiment._current_run_obj = None
             try:
@@ -252,6 +237,8 @@ class Run:
                 if self._signals is not None:
                     self._signals.__exit__(None, None, None)
                     self._signals = None
+        if relayed is not None:
+            raise relayed
 
     def __enter__(self) -> Self:
         return self.start()
@@ -270,6 +257,8 @@ class Run:
             self.stop('failed')
 
     def _decide(self) -> _Decision:
+        # again here: the file may have appeared since the construction
+        check_folder('Experiment', self.experiment.dir)
         now = datetime.datetime.now()
         world = ranks.get_world_size()
         if not self.record:
@@ -367,6 +356,7 @@ class Experiment(Generic[_T_co]):
         )
         self.config = config
         self.par_dir = pathlib.Path(par_dir)
+        check_folder('Experiment', self.dir)
         self.tags = list(tags or [])
         self.trackers = EventDispatcher(self.name)
         self.trackers.subscribe(**DEFAULT_TRACKERS)

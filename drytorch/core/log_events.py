@@ -8,8 +8,10 @@ only rank zero's trackers see them (see ``drytorch.core.tracking``).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
+import functools
 import pathlib
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
@@ -38,6 +40,45 @@ __all__ = [
 
 Publisher = Callable[['Event'], None]
 
+# Field metadata: how an event keeps what it carries.  Trackers may read an
+# event on a background thread after the training went on, so a mapping or
+# list handed to an event is copied when the event is created: the caller
+# may change its own afterwards.  'deep' copies a whole object (the
+# configuration); 'shared' keeps the object (a channel, on purpose).
+_SNAPSHOT = 'snapshot'
+
+
+@functools.cache
+def _snapshot_fields(cls: type) -> tuple[tuple[str, bool], ...]:
+    fields = []
+    for field in dataclasses.fields(cls):
+        how = field.metadata.get(_SNAPSHOT, 'copy')
+        if how != 'shared':
+            fields.append((field.name, how == 'deep'))
+    return tuple(fields)
+
+
+def _snapshot(value: Any) -> Any:
+    """A copy of containers, down to their leaves; other values as are."""
+    if isinstance(value, str | int | float | bool | None | datetime.datetime):
+        return value
+    if isinstance(value, Mapping):
+        return {key: _snapshot(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return type(value)(_snapshot(item) for item in value)
+    detach = getattr(value, 'detach', None)  # a tensor, changed in place
+    if callable(detach):
+        return detach().clone()
+    return value
+
+
+def _deep_copy(value: Any) -> Any:
+    """A deep copy, or the object itself when it cannot be copied."""
+    try:
+        return copy.deepcopy(value)
+    except Exception:  # noqa: BLE001 - a config may hold a lock, a socket
+        return value
+
 
 @dataclasses.dataclass(frozen=True)
 class Event:
@@ -55,6 +96,11 @@ class Event:
         if publisher is None:
             raise exceptions.NoActiveRunError(
                 f'Creating {self.__class__.__name__}'
+            )
+        for name, deep in _snapshot_fields(type(self)):
+            value = getattr(self, name)
+            object.__setattr__(
+                self, name, _deep_copy(value) if deep else _snapshot(value)
             )
         publisher(self)
 
@@ -80,7 +126,7 @@ class StartExperimentEvent(Event):
 
     """
 
-    config: Any
+    config: Any = dataclasses.field(metadata={_SNAPSHOT: 'deep'})
     exp_name: str
     run_ts: datetime.datetime
     run_id: str
@@ -209,7 +255,7 @@ class IterateBatchEvent(Event):
     num_batches: int | None = None
     start_batch: int = 0
     push_updates: list[Callable[[Mapping[str, Any], int], None]] = (
-        dataclasses.field(default_factory=list)
+        dataclasses.field(default_factory=list, metadata={_SNAPSHOT: 'shared'})
     )
     model_name: str = ''
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from drytorch.core import exceptions, log_events
+from drytorch.core.folders import FILE_ROOM, validate_folder_name
 
 __all__ = ['MetadataManager', 'readable']
 
@@ -147,8 +148,10 @@ class MetadataManager:
         """Document ``module`` under a unique name and return that name.
 
         A second model with the same name gets a numbered suffix rather than
-        mixing its logs with the first one's.
+        mixing its logs with the first one's.  The name becomes a folder of
+        every dumper (``csv_metrics/<model>/``), so it is checked first.
         """
+        validate_folder_name('Model', name)
         known = self._modules.get(id(module))
         if known is not None and known[1]() is module:
             raise exceptions.ModelAlreadyRegisteredError(
@@ -179,7 +182,12 @@ class MetadataManager:
     def register_actor(
         self, actor_name: str, actor: Any, model_name: str
     ) -> None:
-        """Document an object that acts on a registered model."""
+        """Document an object that acts on a registered model.
+
+        The actor's name becomes a file (``<model>/<actor>.yaml``), so it is
+        checked like a source name.
+        """
+        validate_folder_name('Actor', actor_name, room=FILE_ROOM)
         model = self._models.get(model_name)
         model_ts = model.ts if model else datetime.datetime.now()
         now = datetime.datetime.now()

@@ -2,19 +2,26 @@
 
 A tracker only observes: it receives events and logs, plots or stores them,
 and never changes the experiment.  The dispatcher shields the run from its
-trackers (one that raises is reported and dropped, the run goes on) and the
-trackers from the cluster (only rank zero's dispatcher hands them events).
+trackers (one that raises, in ``notify`` or in a progress callback, is
+reported and dropped, the run goes on), the training from their latency
+(on rank zero they run on a background worker, see
+``drytorch.core.delivery``) and the trackers from the cluster (only rank
+zero's dispatcher hands them events).
 """
 
 from __future__ import annotations
 
 import abc
+import copy
 import functools
+import logging
+import threading
+import traceback
 import warnings
-from collections.abc import Callable, Iterable, Iterator
-from typing import ClassVar, Self
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, ClassVar, NamedTuple, Self
 
-from drytorch.core import exceptions, log_events
+from drytorch.core import delivery, exceptions, log_events
 from drytorch.distributed import ranks
 
 __all__ = [
@@ -26,9 +33,30 @@ __all__ = [
     'remove_all_default_trackers',
 ]
 
+_logger = logging.getLogger('drytorch')
+
 
 class TrackerFailedWarning(exceptions.DryTorchWarning):
-    """Warned when a tracker raised and was unsubscribed."""
+    """Warned when a tracker raised and was unsubscribed.
+
+    Attributes:
+        tracker: the name the tracker was subscribed under.
+        filename: the file of the innermost frame of the traceback.
+        lineno: its line, so that a custom tracker's bug is found at once.
+
+    """
+
+    def __init__(
+        self,
+        message: str,
+        tracker: str = '',
+        filename: str = '',
+        lineno: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.tracker = tracker
+        self.filename = filename
+        self.lineno = lineno
 
 
 class Tracker(abc.ABC):
@@ -37,7 +65,15 @@ class Tracker(abc.ABC):
     Subclasses override :meth:`notify` (a ``singledispatchmethod``) for the
     events they care about and call ``super().notify(event)`` so that the
     base class can clean up when the run stops.
+
+    On rank zero ``notify`` runs on a background thread, in event order, so
+    that a slow backend never slows the training step.  A tracker that the
+    user must see at once (a progress bar, a logger) sets ``immediate`` to
+    True (class attribute, or on the instance before subscribing) and is
+    notified on the training thread instead.
     """
+
+    immediate: ClassVar[bool] = False
 
     @functools.singledispatchmethod
     @abc.abstractmethod
@@ -62,8 +98,11 @@ class Tracker(abc.ABC):
         """The instance of this class subscribed to the running experiment.
 
         Lets code deep in an experiment reach a tracker without it being
-        passed around.  On ranks other than zero the subscribed instance is
-        returned as well, although it receives no events there.
+        passed around.  The tracker has seen every event published before
+        the call (the background worker is waited for), so what it returns
+        (a plot, a file) is up to date.  On ranks other than zero the
+        subscribed instance is returned as well, although it receives no
+        events there.
         """
         dispatcher = EventDispatcher.active()
         if dispatcher is None:
@@ -71,6 +110,8 @@ class Tracker(abc.ABC):
         found = dispatcher.find(cls)
         if found is None:
             raise exceptions.TrackerNotUsedError(cls, dispatcher.all_names())
+        if not found.immediate:
+            dispatcher.flush()
         return found
 
 
@@ -78,12 +119,46 @@ def _tracker_name(tracker: Tracker) -> str:
     return tracker.__class__.__name__
 
 
+class _Handler(NamedTuple):
+    name: str
+    tracker: Tracker
+    notify: Callable[[log_events.Event], None]
+
+
+class _Update(NamedTuple):
+    """Running metrics for the callbacks that background trackers added."""
+
+    event: log_events.IterateBatchEvent
+    metrics: Mapping[str, Any]
+    batches_done: int
+
+
+def _check_trackers(pairs: list[tuple[str, Tracker]]) -> None:
+    seen: set[str] = set()
+    for name, tracker in pairs:
+        if not isinstance(tracker, Tracker):
+            raise TypeError(
+                f'{name}={tracker!r} is not a Tracker; trackers must '
+                'subclass drytorch.core.tracking.Tracker.'
+            )
+        if name in seen:
+            raise exceptions.TrackerAlreadySubscribedError(name)
+        seen.add(name)
+
+
 class EventDispatcher:
     """Hands each published event to every subscribed tracker, in order.
 
-    On ranks other than zero the trackers are held (so that
-    :meth:`Tracker.get_current` still answers) but never called: publishing
-    there costs one attribute check.
+    Immediate trackers are notified on the publishing thread; the others
+    on the run's background worker.  On ranks other than zero the trackers
+    are held (so that :meth:`Tracker.get_current` still answers) but never
+    called: publishing there costs one attribute check.
+
+    Attributes:
+        drain_timeout: seconds a stopping run waits for the background
+            trackers (``$DRYTORCH_TRACKER_DRAIN_TIMEOUT``, default 20).
+        last_report: what the worker of the last run did.
+
     """
 
     _active: ClassVar[EventDispatcher | None] = None
@@ -91,11 +166,16 @@ class EventDispatcher:
     def __init__(self, exp_name: str = '') -> None:
         self.exp_name = exp_name
         self._trackers: dict[str, Tracker] = {}
-        # (name, tracker, bound notify), rebuilt only when subscriptions
-        # change: a singledispatchmethod builds a new wrapper at every
-        # attribute access, which would otherwise happen per event.
-        self._handlers: list[tuple[str, Tracker, Callable[..., None]]] = []
+        self._lock = threading.RLock()
+        # handlers are rebuilt only when subscriptions change: a
+        # singledispatchmethod builds a new wrapper at every attribute
+        # access, which would otherwise happen per event
+        self._now: tuple[_Handler, ...] = ()
+        self._later: tuple[_Handler, ...] = ()
         self._live = ranks.is_rank_zero()
+        self._worker: delivery.DeliveryWorker[_Handler] | None = None
+        self.drain_timeout: float | None = None
+        self.last_report = delivery.DeliveryReport()
 
     @property
     def named_trackers(self) -> dict[str, Tracker]:
@@ -124,52 +204,106 @@ class EventDispatcher:
         return None
 
     def subscribe(self, *trackers: Tracker, **named: Tracker) -> None:
-        """Subscribe trackers, named after their class unless named here."""
+        """Subscribe trackers, named after their class unless named here.
+
+        Two trackers of one class need names of their own
+        (``subscribe(csv_a=CSVDumper(...), csv_b=CSVDumper(...))``);
+        nothing is subscribed when any name is taken.
+        """
         pairs = [(_tracker_name(t), t) for t in trackers]
         pairs += list(named.items())
-        for name, tracker in pairs:
-            if not isinstance(tracker, Tracker):
-                raise TypeError(
-                    f'{name}={tracker!r} is not a Tracker; trackers must '
-                    'subclass drytorch.core.tracking.Tracker.'
-                )
-            if name in self._trackers:
-                raise exceptions.TrackerAlreadySubscribedError(name)
-        for name, tracker in pairs:
-            self._trackers[name] = tracker
-        self._rebuild()
+        _check_trackers(pairs)
+        with self._lock:
+            for name, _ in pairs:
+                if name in self._trackers:
+                    raise exceptions.TrackerAlreadySubscribedError(name)
+            for name, tracker in pairs:
+                self._trackers[name] = tracker
+            self._rebuild()
 
     def remove(self, name: str) -> None:
-        """Unsubscribe the tracker called ``name``."""
-        try:
+        """Unsubscribe the tracker called ``name``.
+
+        It still receives the events published before the call (the
+        background worker is waited for), and none after.
+        """
+        if self._worker is not None and not self._worker.on_worker():
+            self.flush()
+        with self._lock:
+            if name not in self._trackers:
+                raise KeyError(
+                    f'No tracker named {name!r}; subscribed: '
+                    f'{", ".join(self._trackers) or "none"}.'
+                )
             del self._trackers[name]
             self._rebuild()
-        except KeyError:
-            raise KeyError(
-                f'No tracker named {name!r}; subscribed: '
-                f'{", ".join(self._trackers) or "none"}.'
-            ) from None
 
     def remove_all(self) -> None:
         """Unsubscribe every tracker."""
-        self._trackers.clear()
-        self._rebuild()
+        with self._lock:
+            self._trackers.clear()
+            self._rebuild()
 
     def activate(self) -> None:
         """Become the dispatcher of the running run; decide rank here.
 
         The rank is read once per run, after the process group is up, so
-        that publishing never asks it again.
+        that publishing never asks it again.  Each run gets its own worker
+        (its thread starts with the first event).
         """
         self._live = ranks.is_rank_zero()
+        self._worker = delivery.DeliveryWorker(
+            self._deliver, _handler_name, delivery.queue_size()
+        )
         EventDispatcher._active = self
         log_events.Event.set_publisher(self.publish)
 
-    def deactivate(self) -> None:
-        """Stop receiving events (the run has stopped)."""
+    def deactivate(self) -> BaseException | None:
+        """Stop receiving events; wait for the background trackers.
+
+        Waits at most ``drain_timeout`` seconds; past it the trackers that
+        did not finish are named in a warning, and those not busy are
+        cleaned up from here so that their files are closed.
+
+        Returns:
+            an interrupt or exit that a background tracker raised and that
+            the training thread has not raised yet, for the run to raise.
+
+        """
         if EventDispatcher._active is self:
             EventDispatcher._active = None
             log_events.Event.set_publisher(None)
+        worker, self._worker = self._worker, None
+        if worker is None:
+            return None
+        timeout = self.drain_timeout or delivery.drain_timeout()
+        report = worker.close(timeout)
+        self.last_report = report
+        if report.undelivered:
+            self._give_up(report, timeout)
+        if report.waits:
+            _logger.warning(
+                'Training waited %.2f s (%d times) for trackers that could '
+                'not keep up (%s); a larger %s lets it run ahead longer.',
+                report.waited_s,
+                report.waits,
+                _busiest(report),
+                delivery.QUEUE_SIZE_VARIABLE,
+            )
+        return worker.interrupt
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the background trackers saw every published event.
+
+        Returns False if ``timeout`` (default: the drain timeout) passed
+        first.  Call it before reading a tracker's files during a run.
+        """
+        worker = self._worker
+        if worker is None:
+            return True
+        if timeout is None:
+            timeout = self.drain_timeout or delivery.drain_timeout()
+        return worker.flush(timeout)
 
     @classmethod
     def active(cls) -> EventDispatcher | None:
@@ -177,56 +311,199 @@ class EventDispatcher:
         return cls._active
 
     def publish(self, event: log_events.Event) -> None:
-        """Notify every tracker; drop (with a warning) those that fail."""
+        """Notify immediate trackers now, queue the event for the others."""
         if not self._live:
             return
-        for name, tracker, notify in self._handlers:
+        for handler in self._now:
+            self._deliver(handler, event)
+        later = self._later
+        if not later:
+            return
+        if self._worker is None:  # published outside a run's activation
+            for handler in later:
+                self._deliver(handler, event)
+            return
+        if isinstance(event, log_events.IterateBatchEvent):
+            event = self._forward_updates(event)
+        worker = self._worker
+        if isinstance(event, log_events.StopExperimentEvent):
+            # bounded: a tracker stuck on a full queue must not hang the stop
+            # (the drain deadline then reports what it missed)
+            worker.put(
+                event, later, self.drain_timeout or delivery.drain_timeout()
+            )
+            return
+        worker.put(event, later)
+        if worker.interrupt is not None:
+            interrupt, worker.interrupt = worker.interrupt, None
+            raise interrupt
+
+    def _forward_updates(
+        self, event: log_events.IterateBatchEvent
+    ) -> log_events.IterateBatchEvent:
+        """A copy for the worker, whose callbacks run on the worker too.
+
+        Background trackers register their progress callbacks on the copy;
+        the loop's ``update`` then only queues the running metrics.
+        """
+        worker = self._worker
+        assert worker is not None
+        clone = copy.copy(event)
+        object.__setattr__(clone, 'push_updates', [])
+
+        def forward(metrics: Mapping[str, Any], batches_done: int) -> None:
+            # queued even while the copy has no callback yet: the worker
+            # may not have reached the event that registers them
+            update = _Update(clone, dict(metrics), batches_done)
+            worker.put(update, (_UPDATES,))
+
+        event.push_updates.append(forward)
+        return clone
+
+    def _deliver(self, handler: _Handler, item: Any) -> None:
+        """Call one tracker; a tracker that raises is dropped, never fatal."""
+        if handler is _UPDATES:
+            for push in item.event.push_updates:
+                push(item.metrics, item.batches_done)
+            return
+        if self._trackers.get(handler.name) is not handler.tracker:
+            return  # removed or dropped after the event was queued
+        pushes = getattr(item, 'push_updates', None)
+        before = len(pushes) if pushes is not None else 0
+        try:
+            handler.notify(item)
+        except Exception as err:  # noqa: BLE001 - trackers must not stop runs
+            self._drop(handler, item.__class__.__name__, err)
+            return
+        if pushes is not None:
+            for index in range(before, len(pushes)):
+                pushes[index] = self._guard(handler, pushes[index])
+
+    def _guard(
+        self, handler: _Handler, push: Callable[[Mapping[str, Any], int], None]
+    ) -> Callable[[Mapping[str, Any], int], None]:
+        """A progress callback that drops its tracker instead of raising."""
+
+        def guarded(metrics: Mapping[str, Any], batches_done: int) -> None:
+            if self._trackers.get(handler.name) is not handler.tracker:
+                return
             try:
-                notify(event)
-            except Exception as err:  # noqa: BLE001 - trackers must not stop runs
-                self._drop(name, tracker, event, err)
+                push(metrics, batches_done)
+            except Exception as err:  # noqa: BLE001
+                self._drop(handler, 'a progress update', err)
+
+        return guarded
 
     def _rebuild(self) -> None:
-        self._handlers = [(n, t, t.notify) for n, t in self._trackers.items()]
+        handlers = [
+            _Handler(n, t, t.notify) for n, t in self._trackers.items()
+        ]
+        self._now = tuple(h for h in handlers if h.tracker.immediate)
+        self._later = tuple(h for h in handlers if not h.tracker.immediate)
 
-    def _drop(
-        self,
-        name: str,
-        tracker: Tracker,
-        event: log_events.Event,
-        err: Exception,
-    ) -> None:
-        warnings.warn(
-            TrackerFailedWarning(
-                f'Tracker {name!r} failed on {event.__class__.__name__} '
-                f'with {err.__class__.__name__}: {str(err).rstrip(".")}. '
-                'It is unsubscribed; '
-                'the run goes on without it.'
-            ),
-            stacklevel=3,
+    def _drop(self, handler: _Handler, what: str, err: Exception) -> None:
+        name, tracker = handler.name, handler.tracker
+        with self._lock:
+            if self._trackers.get(name) is not tracker:
+                return
+            del self._trackers[name]
+            self._rebuild()
+        _warn_failure(
+            name,
+            f'failed on {what} with {err.__class__.__name__}: '
+            f'{str(err).rstrip(".")}. It is unsubscribed; the run goes on '
+            'without it.',
+            err,
         )
-        self._trackers.pop(name, None)
-        self._rebuild()
         try:
             tracker.clean_up()
         except Exception as clean_err:  # noqa: BLE001
-            warnings.warn(
-                TrackerFailedWarning(
-                    f'Tracker {name!r} also failed to clean up: {clean_err}'
-                ),
-                stacklevel=3,
-            )
+            _warn_failure(name, f'also failed to clean up: {clean_err}', err)
+
+    def _give_up(
+        self, report: delivery.DeliveryReport, timeout: float
+    ) -> None:
+        missed = ', '.join(f'{n}: {k}' for n, k in report.undelivered.items())
+        warnings.warn(
+            TrackerFailedWarning(
+                f'Trackers did not catch up within {timeout:g} s '
+                f'(${delivery.DRAIN_TIMEOUT_VARIABLE}); events not delivered '
+                f'per tracker: {missed}. {report.stuck!r} was still busy; '
+                'the others are cleaned up now.',
+                tracker=report.stuck or '',
+            ),
+            stacklevel=4,
+        )
+        for name in report.undelivered:
+            tracker = self._trackers.get(name)
+            if tracker is None or name == report.stuck:
+                continue
+            try:
+                tracker.clean_up()
+            except Exception as err:  # noqa: BLE001
+                _warn_failure(name, f'failed to clean up: {err}', err)
+
+
+# the pseudo-handler of progress updates: their callbacks guard themselves
+_UPDATES = _Handler('(progress updates)', None, None)  # type: ignore[arg-type]
+
+
+def _handler_name(handler: _Handler) -> str:
+    return handler.name
+
+
+def _busiest(report: delivery.DeliveryReport) -> str:
+    if not report.busy_s:
+        return 'no tracker time recorded'
+    name, busy = max(report.busy_s.items(), key=lambda item: item[1])
+    return f'{name!r} was busy {busy:.2f} s'
+
+
+def _warn_failure(name: str, text: str, err: BaseException) -> None:
+    """Warn at the tracker's own failing line, which the text names too."""
+    frames = traceback.extract_tb(err.__traceback__)
+    filename, lineno = (
+        (frames[-1].filename, frames[-1].lineno or 0)
+        if frames
+        else ('<unknown>', 0)
+    )
+    warning = TrackerFailedWarning(
+        f'Tracker {name!r} {text} (at {filename}:{lineno})',
+        tracker=name,
+        filename=filename,
+        lineno=lineno,
+    )
+    # warn_explicit shows nothing without a module (3.11); the file's stem
+    # is what warnings.warn would derive for a module-level frame
+    module = filename.rsplit('/', 1)[-1].removesuffix('.py') or 'drytorch'
+    warnings.warn_explicit(
+        warning, TrackerFailedWarning, filename, lineno, module=module
+    )
 
 
 DEFAULT_TRACKERS: dict[str, Tracker] = {}
 
 
-def extend_default_trackers(trackers: Iterable[Tracker]) -> None:
-    """Add trackers that every experiment created from now on subscribes."""
-    for tracker in trackers:
-        if not isinstance(tracker, Tracker):
-            raise TypeError(f'{tracker!r} is not a Tracker.')
-        DEFAULT_TRACKERS[_tracker_name(tracker)] = tracker
+def extend_default_trackers(
+    trackers: Iterable[Tracker] | Mapping[str, Tracker],
+) -> None:
+    """Add trackers that every experiment created from now on subscribes.
+
+    Names follow :meth:`EventDispatcher.subscribe`: a tracker is named
+    after its class unless given in a mapping of name to tracker, and a
+    name already taken is refused (nothing is added), as subscribing it
+    would be.
+    """
+    if isinstance(trackers, Mapping):
+        pairs = list(trackers.items())
+    else:
+        pairs = [(_tracker_name(t), t) for t in trackers]
+    _check_trackers(pairs)
+    for name, tracker in pairs:
+        if name in DEFAULT_TRACKERS and DEFAULT_TRACKERS[name] is not tracker:
+            raise exceptions.TrackerAlreadySubscribedError(name, default=True)
+    for name, tracker in pairs:
+        DEFAULT_TRACKERS[name] = tracker
 
 
 def remove_all_default_trackers() -> None:

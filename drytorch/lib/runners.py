@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 
 from drytorch.core import exceptions, log_events
+from drytorch.core.folders import FILE_ROOM, validate_folder_name
 from drytorch.distributed import ranks
 from drytorch.distributed.preemption import watcher
 from drytorch.distributed.reduce import Flag, PackedReducer, Reduced
@@ -140,8 +141,15 @@ class Runner:
                 f'{type(loader).__name__}; wrap the data set in '
                 'drytorch.DataLoader(dataset, batch_size).'
             )
+        # the source name becomes a file of every dumper
+        # (``csv_metrics/<model>/<source>.csv``): refuse a bad one now, not
+        # at the first metric
+        self.name = validate_folder_name(
+            self.__class__.__name__,
+            name or self.__class__.__name__,
+            room=FILE_ROOM,
+        )
         self.model = model
-        self.name = name or self.__class__.__name__
         self.loader = loader
         self.objective = objective
         self.sync = SyncSchedule(sync_every)

@@ -1,10 +1,18 @@
 """The SQL tracker's tables, and the row helpers it writes with.
 
 The schema is normalised: ``experiments`` by name, their ``runs`` by run id
-(one row per run, whatever the number of attempts), each run's ``tags``,
-the ``sources`` (model and source names) that logged in a run, and the
-``metric_values`` of each source at each epoch.  SQLAlchemy is imported
-only when the tables are first needed.
+(one row per run, whatever the number of attempts), each run's
+``run_attempts`` (when each attempt started and stopped, and how), each
+run's ``tags``, the ``sources`` (model and source names) that logged in a
+run, and the ``metric_values`` of each source at each epoch.  SQLAlchemy
+is imported only when the tables are first needed.
+
+The schema has no version number: it only ever gains tables, which
+``create_all`` adds to a database written by an earlier version (it
+creates what is missing and leaves the rest alone), and which an earlier
+version ignores.  ``run_attempts`` came that way; the runs of such a
+database simply have no attempt rows from before it.  A change to an
+existing table would need a version and a migration.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ class Schema:
     metadata: sa.MetaData
     experiments: sa.Table
     runs: sa.Table
+    attempts: sa.Table
     tags: sa.Table
     sources: sa.Table
     values: sa.Table
@@ -60,12 +69,22 @@ def schema() -> Schema:
             'runs',
             parent('experiment_id', 'experiments.id'),
             text('name'),
+            # the first attempt's start; each attempt's is in run_attempts
             sa.Column('started_at', sa.DateTime, nullable=False),
             sa.Column('stopped_at', sa.DateTime),
             sa.Column('status', sa.String(16), nullable=False),
             sa.Column('attempts', sa.Integer, nullable=False),
             sa.Column('config', sa.Text),
             sa.UniqueConstraint('experiment_id', 'name'),
+        ),
+        attempts=table(
+            'run_attempts',
+            parent('run_id', 'runs.id'),
+            sa.Column('attempt', sa.Integer, nullable=False),
+            sa.Column('started_at', sa.DateTime, nullable=False),
+            sa.Column('stopped_at', sa.DateTime),
+            sa.Column('status', sa.String(16), nullable=False),
+            sa.UniqueConstraint('run_id', 'attempt'),
         ),
         tags=table(
             'tags',

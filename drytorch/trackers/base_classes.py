@@ -8,11 +8,12 @@ import functools
 import importlib
 import pathlib
 from collections.abc import Mapping, Sequence, Set
-from typing import Any
+from typing import Any, ClassVar
 
 from typing_extensions import override
 
 from drytorch.core import exceptions, log_events
+from drytorch.core.folders import check_folder
 from drytorch.core.tracking import Tracker
 
 __all__ = [
@@ -48,16 +49,41 @@ class MetricLoader(abc.ABC):
 
 
 class Dumper(Tracker):
-    """A tracker that writes files under a folder.
+    """A tracker that writes files under a folder of its run.
 
-    Without ``par_dir`` the folder is the run's own one (experiment parent
-    directory / experiment name / runs / run id), so that every run keeps
-    its files apart and a resumed run finds them again.
+    Its folder is the run's own one: ``<experiment par_dir>/<experiment>/
+    runs/<run id>``.  With ``par_dir`` given, the same layout is built
+    under it instead: ``<par_dir>/<experiment>/runs/<run id>``.  One dumper
+    may serve many experiments and runs (``extend_default_trackers``), and
+    two runs writing in one folder would overwrite or mix each other's
+    files; so every run keeps its own folder, and a resumed run, which
+    keeps its id, finds its files again.
+
+    Subclasses write under the :attr:`par_dir` property, never under the
+    folder they were given (``_par_dir``): the layout is decided here, once.
+    A store that keeps runs apart by itself (a database with tables of
+    experiments and runs) sets :attr:`run_folders` to False and gets the
+    given folder as it is.
+
+    Args:
+        par_dir: the folder under which the runs' folders go; the
+            experiment's ``par_dir`` when None.
+
+    Raises:
+        NotAFolderError: if ``par_dir``, or a folder above it, is a file
+            (at the start of each run too, for the run's folder).
+
     """
+
+    run_folders: ClassVar[bool] = True
+    """Whether a given ``par_dir`` gets one folder per run under it."""
 
     def __init__(self, par_dir: str | pathlib.Path | None = None) -> None:
         super().__init__()
         self._par_dir = pathlib.Path(par_dir) if par_dir is not None else None
+        if self._par_dir is not None:
+            # now, rather than at the first write after hours of training
+            check_folder(self.__class__.__name__, self._par_dir)
         self._run_dir: pathlib.Path | None = None
         self.exp_name = ''
         self.run_id = ''
@@ -65,14 +91,32 @@ class Dumper(Tracker):
 
     @property
     def par_dir(self) -> pathlib.Path:
-        """The folder this dumper writes under (needs an active run)."""
-        if self._par_dir is not None:
-            return self._par_dir
+        """The folder of the run this dumper writes for.
+
+        After the run stops it stays that run's folder, so that its files
+        can still be read (``CSVDumper.load_metrics``), until the next run
+        starts.  Before any run there is none.
+        """
         if self._run_dir is None:
             raise exceptions.NoActiveRunError(
                 f'{self.__class__.__name__}.par_dir'
             )
         return self._run_dir
+
+    def _run_dir_of(
+        self, event: log_events.StartExperimentEvent
+    ) -> pathlib.Path:
+        """The folder of the run that ``event`` starts, for this dumper.
+
+        The run's own layout (``event.run_dir``), moved under this
+        dumper's ``par_dir`` when it has one: the layout is written once,
+        in the event.
+        """
+        if self._par_dir is None:
+            return event.run_dir
+        if not self.run_folders:
+            return self._par_dir
+        return self._par_dir / event.run_dir.relative_to(event.par_dir)
 
     @functools.singledispatchmethod
     @override
@@ -81,16 +125,16 @@ class Dumper(Tracker):
 
     @notify.register
     def _(self, event: log_events.StartExperimentEvent) -> None:
-        self._run_dir = event.run_dir
+        # before any subclass writes: a file in the way fails this tracker
+        # alone, with its path, and nothing is written anywhere
+        self._run_dir = None  # not the last run's, if this check fails
+        self._run_dir = check_folder(
+            self.__class__.__name__, self._run_dir_of(event)
+        )
         self.exp_name = event.exp_name
         self.run_id = event.run_id
         self.resumed = event.resumed
         return super().notify(event)
-
-    @override
-    def clean_up(self) -> None:
-        self._run_dir = None
-        return super().clean_up()
 
 
 def format_metrics(metrics: Mapping[str, float]) -> str:

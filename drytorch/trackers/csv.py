@@ -20,16 +20,22 @@ _FIXED = ['model', 'source', 'epoch']
 
 
 class CSVDumper(Dumper, MetricLoader):
-    """Writes ``csv_metrics/<model>/<source>.csv`` under its folder.
+    """Writes ``csv_metrics/<model>/<source>.csv`` in the run's folder.
 
-    Each file holds one history: the first row a session writes for epoch
-    ``e`` drops the rows at ``e`` and after, left by an earlier attempt that
-    went further than the checkpoint it resumed from, or by an earlier run
-    that wrote to the same folder.  A resumed run therefore never shows an
-    epoch twice.
+    The run's folder is ``<par_dir>/<experiment>/runs/<run id>`` (see
+    :class:`Dumper`), so experiments and runs that share a ``par_dir``
+    never touch each other's files.  Each file holds the history of one
+    run: the first row an attempt writes for epoch ``e`` drops the rows at
+    ``e`` and after, left by an earlier attempt of the same run that went
+    further than the checkpoint it resumed from.  A resumed run therefore
+    never shows an epoch twice.
+
+    As a metric loader it reads the files of the running run (of the last
+    one, after it stopped): a resumed run finds its earlier attempts'.
 
     Args:
-        par_dir: the folder; the run's folder when None.
+        par_dir: the folder under which each run's folder goes; the
+            experiment's ``par_dir`` when None.
         delimiter: the field separator.
 
     """

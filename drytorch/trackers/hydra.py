@@ -56,7 +56,8 @@ class HydraLink(Dumper):
     output folder there is nothing to link, and nothing is done.
 
     Args:
-        par_dir: the folder of the link; the run's folder when None.
+        par_dir: the folder under which each run's folder (which holds
+            the link) goes; the experiment's ``par_dir`` when None.
         copy_hydra: replace the link with a copy when the run stops.
 
     Raises:

@@ -103,7 +103,12 @@ class BuiltinLogger(Tracker):
         to_stdout: log to stdout instead of stderr (Hydra's mode).
         propagate: also pass records to the root logger (for Hydra's file).
 
+    It is immediate: a log line must be written when its event happens,
+    interleaved with the user's own prints and warnings, not later.
+
     """
+
+    immediate = True
 
     def __init__(
         self,

@@ -23,7 +23,7 @@ from typing import ClassVar, Generic, TypeVar
 from typing_extensions import override
 
 from drytorch.core import log_events
-from drytorch.core.tracking import Tracker
+from drytorch.core.tracking import EventDispatcher, Tracker
 from drytorch.trackers._curves import Series, join, put, sorted_history
 from drytorch.trackers.base_classes import MetricHistory, MetricLoader
 
@@ -157,6 +157,9 @@ class BasePlotter(Tracker, Generic[_Plot]):
             The backend's figure, or window name for a server.
 
         """
+        dispatcher = EventDispatcher.active()
+        if dispatcher is not None:  # the plot has every event published
+            dispatcher.flush()
         self._load_earlier(model_name)
         chosen = None if source_names is None else list(source_names)
         if chosen is None and start is None:

@@ -46,10 +46,12 @@ def is_available() -> bool:
 class TensorBoard(Dumper):
     """Writes TensorBoard event files; can serve them on loopback.
 
-    The log directory is ``tensorboard`` in the run's folder by default.
-    With ``par_dir`` given it is ``<par_dir>/tensorboard/<experiment>/<run
-    id>``, so that a server started on ``<par_dir>/tensorboard`` lists the
-    runs side by side.
+    The log directory is ``tensorboard`` in the run's folder: by default
+    ``<experiment par_dir>/<experiment>/runs/<run id>/tensorboard``, with
+    ``par_dir`` given ``<par_dir>/<experiment>/runs/<run id>/tensorboard``
+    (see :class:`Dumper`).  The server shows the run's log directory by
+    default, and all of ``par_dir`` when it is given, so that every
+    experiment and run written there is listed side by side.
 
     Batch-level values go to ``batches/<model>/<source>`` in the log
     directory, one TensorBoard run per model and source, tagged
@@ -66,7 +68,8 @@ class TensorBoard(Dumper):
     else.
 
     Args:
-        par_dir: the folder; the run's folder when None.
+        par_dir: the folder under which each run's folder goes; the
+            experiment's ``par_dir`` when None.
         start_server: start ``tensorboard`` on 127.0.0.1 for each run,
             print its address, and stop it when the run stops.
         port: the server's port; a free one when None.
@@ -106,15 +109,19 @@ class TensorBoard(Dumper):
 
     @property
     def root_dir(self) -> pathlib.Path:
-        """The folder a server shows: every run's log directory is in it."""
-        return self.par_dir / 'tensorboard'
+        """The folder a server shows: the given ``par_dir``, else the run's.
+
+        TensorBoard looks for event files in every sub-folder, so the
+        given folder lists all the runs written under it.
+        """
+        if self._par_dir is not None:
+            return self._par_dir
+        return self.log_dir
 
     @property
     def log_dir(self) -> pathlib.Path:
-        """This run's log directory (needs an active run)."""
-        if self._par_dir is None:
-            return self.root_dir
-        return self.root_dir / self.exp_name / self.run_id
+        """This run's log directory (needs a run)."""
+        return self.par_dir / 'tensorboard'
 
     @functools.singledispatchmethod
     @override

@@ -1,11 +1,20 @@
-"""Progress bars: one over epochs, one over the batches of each loop."""
+"""Progress bars: one over epochs, one over the batches of each loop.
+
+On a terminal they are tqdm's live bars.  Anywhere else (SLURM writes the
+job's stderr to a file) a live bar leaves carriage returns and cursor
+escapes in the log, so progress becomes plain lines instead: the running
+global metrics, the position and the rate, at most one every ``interval``
+seconds per loop, and one line per epoch with that epoch's global metrics.
+"""
 
 from __future__ import annotations
 
 import functools
+import os
 import sys
+import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TextIO
 
 from typing_extensions import override
 
@@ -13,7 +22,45 @@ from drytorch.core import exceptions, log_events
 from drytorch.core.tracking import Tracker
 from drytorch.trackers.base_classes import module_available
 
-__all__ = ['TqdmLogger', 'is_available']
+__all__ = ['INTERVAL_VARIABLE', 'TqdmLogger', 'is_available']
+
+INTERVAL_VARIABLE = 'DRYTORCH_PROGRESS_INTERVAL'
+_DEFAULT_INTERVAL = 30.0
+_clock = time.monotonic  # replaced by tests
+
+
+def _interval(value: float | None) -> float:
+    if value is None:
+        text = os.environ.get(INTERVAL_VARIABLE, '').strip()
+        if not text:
+            return _DEFAULT_INTERVAL
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        where = f'{INTERVAL_VARIABLE}={text!r}'
+    else:
+        where = f'interval={value!r}'
+    if not value >= 0:
+        raise exceptions.DryTorchError(
+            f'{where} is not a number of seconds >= 0; progress lines are '
+            f'written at most once per interval (default '
+            f'{_DEFAULT_INTERVAL:g}).'
+        )
+    return float(value)
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    """Whether a live bar can redraw itself in ``stream``."""
+    isatty = getattr(stream, 'isatty', None)
+    try:
+        return bool(callable(isatty) and isatty())
+    except ValueError:  # a closed stream
+        return False
+
+
+def _metrics_text(metrics: Mapping[str, Any]) -> str:
+    return '  '.join(f'{k}={v:.4g}' for k, v in metrics.items())
 
 
 def is_available() -> bool:
@@ -27,22 +74,51 @@ class TqdmLogger(Tracker):
     The batch bar is advanced at the loop's sync points only, with the
     global running metrics of that point, so it never forces a host sync.
 
+    It is immediate (notified on the training thread): a bar shows what
+    happens now, and its callbacks run at the loop's own sync points.
+
     Args:
         leave: keep the finished batch bars on screen.
         enable_training_bar: show a bar over each loop's batches.
+        file: the stream to write to; ``sys.stderr`` (as it is when a
+            training starts) by default.
+        interval: when the stream is not a terminal, the least seconds
+            between two progress lines of a loop; default
+            ``$DRYTORCH_PROGRESS_INTERVAL`` or 30.
 
     """
 
+    immediate = True
+
     def __init__(
-        self, leave: bool = False, enable_training_bar: bool = True
+        self,
+        leave: bool = False,
+        enable_training_bar: bool = True,
+        *,
+        file: TextIO | None = None,
+        interval: float | None = None,
     ) -> None:
         if not is_available():
             raise exceptions.MissingDependencyError('tqdm', 'recommended')
         super().__init__()
         self.leave = leave
         self.enable_training_bar = enable_training_bar
+        self.file = file
+        self.interval = _interval(interval)
         self._epoch_bar: Any = None
         self._batch_bars: dict[str, Any] = {}
+        self._plain: TextIO | None = None  # the stream, when not a tty
+        self._epoch_metrics: dict[str, Mapping[str, Any]] = {}
+        self._end_epoch = 0
+
+    def _stream(self) -> TextIO:
+        return self.file if self.file is not None else sys.stderr
+
+    def _write(self, line: str) -> None:
+        stream = self._plain
+        if stream is not None:
+            stream.write(line + '\n')
+            stream.flush()
 
     @functools.singledispatchmethod
     @override
@@ -51,29 +127,57 @@ class TqdmLogger(Tracker):
 
     @notify.register
     def _(self, event: log_events.StartTrainingEvent) -> None:
+        self._close_epoch_bar()
+        stream = self._stream()
+        if not _is_terminal(stream):
+            self._plain = stream
+            self._end_epoch = event.end_epoch
+            return super().notify(event)
+        self._plain = None
         from tqdm.auto import tqdm
 
-        self._close_epoch_bar()
         total = event.end_epoch - event.start_epoch + 1
         self._epoch_bar = tqdm(
             total=max(total, 0),
             desc=f'{event.model_name} epochs',
             unit='epoch',
             leave=True,
-            file=sys.stderr,
+            file=stream,
             dynamic_ncols=True,
         )
+        return super().notify(event)
+
+    @notify.register
+    def _(self, event: log_events.MetricEvent) -> None:
+        if self._plain is not None:
+            self._epoch_metrics[event.source_name] = event.metrics
         return super().notify(event)
 
     @notify.register
     def _(self, event: log_events.EndEpochEvent) -> None:
         if self._epoch_bar is not None:
             self._epoch_bar.update(1)
+        if self._plain is not None:
+            parts = [
+                f'{event.model_name} epoch {event.epoch}/{self._end_epoch}'
+            ]
+            parts += [
+                f'{source}: {_metrics_text(metrics)}'
+                for source, metrics in self._epoch_metrics.items()
+            ]
+            self._write(' | '.join(parts))
+            self._epoch_metrics = {}
         return super().notify(event)
 
     @notify.register
     def _(self, event: log_events.IterateBatchEvent) -> None:
         if not self.enable_training_bar:
+            return super().notify(event)
+        if self._plain is not None or not self._is_tty():
+            self._plain = (
+                self._stream() if self._plain is None else self._plain
+            )
+            self._plain_loop(event)
             return super().notify(event)
         from tqdm.auto import tqdm
 
@@ -90,7 +194,7 @@ class TqdmLogger(Tracker):
                 desc=event.source_name,
                 unit='batch',
                 leave=self.leave,
-                file=sys.stderr,
+                file=self._stream(),
                 dynamic_ncols=True,
             )
             self._batch_bars[event.source_name] = bar
@@ -117,6 +221,33 @@ class TqdmLogger(Tracker):
         self._close_batch_bar()
         return super().notify(event)
 
+    def _is_tty(self) -> bool:
+        return _is_terminal(self._stream())
+
+    def _plain_loop(self, event: log_events.IterateBatchEvent) -> None:
+        """Progress lines of one loop, throttled to one per interval."""
+        began = _clock()
+        last = [began]
+        start = event.start_batch
+        total = event.num_batches
+        of_total = f'/{total}' if total is not None else ''
+
+        def push(metrics: Mapping[str, Any], batches_done: int) -> None:
+            now = _clock()
+            if now - last[0] < self.interval:
+                return
+            last[0] = now
+            rate = (batches_done - start) / max(now - began, 1e-9)
+            line = (
+                f'{event.source_name} batch {batches_done}{of_total}  '
+                f'{rate:.3g} batch/s'
+            )
+            if metrics:
+                line += f'  {_metrics_text(metrics)}'
+            self._write(line)
+
+        event.push_updates.append(push)
+
     def batch_bar(self, source_name: str) -> Any:
         """The open progress bar of a loop's batches, if any."""
         return self._batch_bars.get(source_name)
@@ -135,4 +266,6 @@ class TqdmLogger(Tracker):
     def clean_up(self) -> None:
         self._close_batch_bar()
         self._close_epoch_bar()
+        self._plain = None
+        self._epoch_metrics = {}
         return super().clean_up()

@@ -5,12 +5,20 @@ that every attempt of a preempted run continues the same W&B run.  Steps
 are the library's own, derived from epochs, rather than W&B's counter:
 offline, a resumed W&B run starts counting from zero again, and online it
 counts whatever the earlier attempt sent.
+
+What the user sets wins.  ``wandb.init`` lets its keyword arguments
+override the ``settings`` object it is given, so the tracker passes no
+keyword argument for an option: it copies the user's settings, fills the
+options the user left unset (see :data:`LIBRARY_DEFAULTS`) and passes the
+copy alone.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import functools
 import hashlib
+import os
 import pathlib
 import re
 from typing import TYPE_CHECKING, Any
@@ -27,10 +35,33 @@ from drytorch.trackers.base_classes import (
 if TYPE_CHECKING:
     import wandb
 
-__all__ = ['Wandb', 'is_available', 'wandb_run_id']
+__all__ = ['LIBRARY_DEFAULTS', 'Wandb', 'is_available', 'wandb_run_id']
 
 _MAX_TAG = 64  # W&B refuses longer tags
 _PROJECT_FORBIDDEN = re.compile(r'[/\\#?%:]')
+
+LIBRARY_DEFAULTS: dict[str, str] = {
+    'project': 'WANDB_PROJECT',
+    'run_id': 'WANDB_RUN_ID',
+    'run_name': 'WANDB_NAME',
+    'run_group': 'WANDB_RUN_GROUP',
+    'run_tags': 'WANDB_TAGS',
+    'root_dir': 'WANDB_DIR',
+    'resume': 'WANDB_RESUME',
+}
+"""The settings the library fills, and the variable that also sets each.
+
+An option is the user's when their ``wandb.Settings`` sets it to something
+other than None (``model_fields_set``: pydantic's record of the fields
+given or assigned): it then reaches ``wandb.init`` untouched.  Next comes
+the option's W&B environment variable, then the library's default:
+``project`` the experiment's name (``/ \\ # ? % :`` made ``_``),
+``run_id`` :func:`wandb_run_id`, ``run_name`` the run id, ``run_group``
+the experiment's name, ``run_tags`` the experiment's tags (cut to 64
+characters), ``root_dir`` the tracker's folder and ``resume`` ``'allow'``,
+so that a preempted run resumes.  A ``par_dir`` given to the tracker beats
+``$WANDB_DIR``.
+"""
 
 
 def is_available() -> bool:
@@ -48,6 +79,34 @@ def wandb_run_id(exp_name: str, run_id: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def _given_fields(settings: wandb.Settings) -> set[str]:
+    """The library-filled options that ``settings`` sets.
+
+    None counts as unset, as ``wandb.init`` treats its keyword arguments:
+    a configuration file that writes ``project: null`` means no choice.
+    """
+    return {
+        name
+        for name in settings.model_fields_set & LIBRARY_DEFAULTS.keys()
+        if getattr(settings, name) is not None
+    }
+
+
+def _from_environment(name: str) -> Any:
+    """The value the user's W&B variable gives the option, if any.
+
+    Read here at each run rather than left to wandb: wandb reads the
+    environment once per process, when it first sets up, so a variable
+    exported later would otherwise be ignored.
+    """
+    text = os.environ.get(LIBRARY_DEFAULTS[name], '').strip()
+    if not text:
+        return None
+    if name == 'run_tags':
+        return tuple(tag.strip() for tag in text.split(',') if tag.strip())
+    return text
+
+
 class Wandb(Dumper):
     """Logs to a W&B run per drytorch run, resumed across attempts.
 
@@ -59,22 +118,56 @@ class Wandb(Dumper):
     A preempted run is marked as preempting and finished without error; a
     failed one is finished with exit code 1.
 
+    ``wandb.init`` runs when the run starts, on the trackers' worker
+    thread; it needs no main thread.
+
     Args:
-        par_dir: where W&B keeps its local files; the run's folder if None.
-        settings: settings passed to ``wandb.init`` (project, entity, mode,
-            ...); the project defaults to the experiment's name.
+        par_dir: where W&B keeps its local files (its ``root_dir``), laid
+            out as every dumper's (see ``Dumper``); without it
+            ``settings.root_dir``, else ``$WANDB_DIR``, else the run's
+            folder.
+        settings: everything ``wandb.init`` takes (``wandb.Settings`` or a
+            mapping of its fields): what is set there reaches ``wandb.init``
+            as is, and only the options left unset get the library's
+            defaults (see :data:`LIBRARY_DEFAULTS`).  A copy is kept, so
+            later changes to the object do not apply.
+
+    Raises:
+        MissingDependencyError: wandb is not installed.
+        ValueError: both ``par_dir`` and ``settings.root_dir`` are given.
+        pydantic.ValidationError: a mapping holds an invalid option.
 
     """
 
     def __init__(
         self,
         par_dir: str | pathlib.Path | None = None,
-        settings: wandb.Settings | None = None,
+        settings: wandb.Settings | collections.abc.Mapping[str, Any] | None = (
+            None
+        ),
     ) -> None:
         if not is_available():
             raise exceptions.MissingDependencyError('wandb', 'wandb')
+        import wandb
+
         super().__init__(par_dir)
-        self.settings = settings
+        if settings is None:
+            settings = wandb.Settings()
+        elif isinstance(settings, collections.abc.Mapping):
+            settings = wandb.Settings(**settings)
+        else:
+            # wandb.init writes into the settings object it is given
+            settings = settings.model_copy()
+        # par_dir is the folder W&B calls root_dir: two values for one
+        # option.  $WANDB_DIR is no conflict: an argument beats the
+        # environment, as in wandb.init.
+        if par_dir is not None and 'root_dir' in _given_fields(settings):
+            raise ValueError(
+                f'Wandb got two folders: par_dir={str(par_dir)!r} and '
+                f'settings.root_dir={settings.root_dir!r}; they are the same '
+                'option, so give only one of them.'
+            )
+        self.settings: wandb.Settings = settings
         self.run: wandb.Run | None = None
         self._last_step = 0
         self._offset = 0
@@ -97,20 +190,9 @@ class Wandb(Dumper):
         self._offset = 0
         self._models.clear()
         self._exit_code = 1
-        self.par_dir.mkdir(parents=True, exist_ok=True)
-        options: dict[str, Any] = {}
-        if self.settings is None or not self.settings.project:
-            options['project'] = _PROJECT_FORBIDDEN.sub('_', event.exp_name)
         self.run = wandb.init(
-            id=wandb_run_id(event.exp_name, event.run_id),
-            resume='allow',
-            name=event.run_id,
-            group=event.exp_name,
-            dir=str(self.par_dir),
             config=config_dict(event.config),
-            tags=[tag[:_MAX_TAG] for tag in event.tags],
-            settings=self.settings,
-            **options,
+            settings=self.run_settings(event),
         )
         # Online, a resumed W&B run accepts no step below the last one it
         # holds; an attempt that resumes inside an epoch already logged
@@ -118,6 +200,42 @@ class Wandb(Dumper):
         self._floor = int(getattr(self.run, 'starting_step', 0) or 0)
         if not event.resumed:
             self._floor = 0
+
+    def run_settings(
+        self, event: log_events.StartExperimentEvent
+    ) -> wandb.Settings:
+        """The settings of this run: the user's, defaults where unset.
+
+        A fresh copy each run, as ``wandb.init`` changes the object it gets
+        and the next run must start from the user's settings again.
+        """
+        settings = self.settings.model_copy()
+        given = _given_fields(settings)
+        defaults: dict[str, Any] = {
+            'project': _PROJECT_FORBIDDEN.sub('_', event.exp_name),
+            'run_id': wandb_run_id(event.exp_name, event.run_id),
+            'run_name': event.run_id,
+            'run_group': event.exp_name,
+            'run_tags': tuple(tag[:_MAX_TAG] for tag in event.tags),
+            'resume': 'allow',
+        }
+        for name, default in defaults.items():
+            if name not in given:
+                from_env = _from_environment(name)
+                setattr(
+                    settings, name, default if from_env is None else from_env
+                )
+        if 'root_dir' not in given:
+            settings.root_dir = self._root_dir()
+        return settings
+
+    def _root_dir(self) -> str:
+        """``par_dir`` if given, else ``$WANDB_DIR``, else the run's folder."""
+        from_env = _from_environment('root_dir')
+        if self._par_dir is None and from_env is not None:
+            return from_env
+        self.par_dir.mkdir(parents=True, exist_ok=True)
+        return str(self.par_dir)
 
     @notify.register
     def _(self, event: log_events.MetricEvent) -> None:

@@ -43,9 +43,16 @@ def _dump(path: pathlib.Path, data: Any) -> None:
 class YamlDumper(Dumper):
     """Writes the run's metadata as YAML files.
 
-    Layout under the folder: ``config.yaml``, ``attempts.yaml`` (one entry
-    per attempt of the run, so a preempted and resumed run shows each),
-    and ``<model>/architecture.yaml`` and ``<model>/<actor>.yaml``.
+    Layout under ``metadata`` in the run's folder (``<par_dir>/<experiment>/
+    runs/<run id>``, see :class:`Dumper`): ``config.yaml``,
+    ``attempts.yaml`` (one entry per attempt of the run, so a preempted and
+    resumed run shows each), and ``<model>/architecture.yaml`` and
+    ``<model>/<actor>.yaml``.
+
+    Args:
+        par_dir: the folder under which each run's folder goes; the
+            experiment's ``par_dir`` when None.
+
     """
 
     def __init__(self, par_dir: str | pathlib.Path | None = None) -> None:

@@ -192,6 +192,7 @@ class TestFailingTrackers:
         with exp.create_run() as run:
             with pytest.warns(tracking.TrackerFailedWarning) as record:
                 log_events.EndTrainingEvent(source_name='s')
+                exp.trackers.flush()
             message = str(record[0].message)
             assert "'FailingTracker'" in message
             assert 'EndTrainingEvent' in message
@@ -234,6 +235,7 @@ class TestFailingTrackers:
         with exp.create_run():
             with pytest.warns(tracking.TrackerFailedWarning) as record:
                 log_events.EndTrainingEvent(source_name='s')
+                exp.trackers.flush()
             messages = [str(w.message) for w in record]
             assert any('disk gone' in m for m in messages)
             assert exp.trackers.named_trackers == {}
@@ -256,8 +258,12 @@ class TestFailingTrackers:
         )
         exp.trackers.subscribe(failing)
         run = exp.create_run()
+        # raised by the background worker, it reaches the training thread
+        # at its next event, or when the run stops
         with pytest.raises(KeyboardInterrupt):
             run.start()
+            log_events.EndTrainingEvent(source_name='s')
+            run.stop()
         assert Experiment.current_run() is None
         assert run.status == 'failed'
         assert exp.registry.get(run.id).status == 'failed'
@@ -328,6 +334,7 @@ def test_warning_category_is_a_drytorch_warning() -> None:
     with exp.create_run(), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
         log_events.EndTrainingEvent(source_name='s')
+        exp.trackers.flush()
     assert [w.category for w in caught] == [tracking.TrackerFailedWarning]
     assert issubclass(
         tracking.TrackerFailedWarning, exceptions.DryTorchWarning

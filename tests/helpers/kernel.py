@@ -32,7 +32,15 @@ __all__ = ['FailingTracker', 'RecordingTracker', 'isolated_kernel']
 
 
 class RecordingTracker(tracking.Tracker):
-    """Records every event it is notified of, in order."""
+    """Records every event it is notified of, in order.
+
+    Immediate, so that a test of what the library publishes sees each event
+    the moment it is published; the background worker has tests of its own
+    (``tests/core/test_background_trackers.py``), where subclasses set
+    ``immediate = False``.
+    """
+
+    immediate = True
 
     def __init__(self) -> None:
         super().__init__()
@@ -63,7 +71,12 @@ class RecordingTracker(tracking.Tracker):
 
 
 class FailingTracker(RecordingTracker):
-    """Records events, and raises ``error`` on those of ``on``."""
+    """Records events, and raises ``error`` on those of ``on``.
+
+    On the background worker, as a user's tracker would be.
+    """
+
+    immediate = False
 
     def __init__(
         self,

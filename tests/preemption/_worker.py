@@ -29,20 +29,24 @@ At the end rank zero writes ``final.pt`` (model and optimiser state) in
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import io
 import os
 import pathlib
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
+from typing_extensions import override
 
 import drytorch
+from drytorch.core import log_events
 from drytorch.distributed import ranks, teardown_distributed
 from drytorch.lib import checkpoints, hooks, objectives
 from drytorch.trackers.csv import CSVDumper
@@ -135,6 +139,34 @@ def slow_or_stormy_save(pause: float, storm: int) -> None:
     checkpoints.torch = _CheckpointTorch(save)  # type: ignore[assignment]
 
 
+class SlowTracker(drytorch.Tracker):
+    """A backend that takes ``delay`` seconds over every event."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+
+    @functools.singledispatchmethod
+    @override
+    def notify(self, event: log_events.Event) -> None:
+        time.sleep(self.delay)
+        return super().notify(event)
+
+
+@contextlib.contextmanager
+def drain_report(experiment: drytorch.Experiment[Any]) -> Iterator[None]:
+    """After the run, print how long its stop waited for the trackers."""
+    try:
+        yield
+    finally:
+        report = experiment.trackers.last_report
+        print(
+            f'DRAINED {report.drain_s!r} {report.events} '
+            f'{report.undelivered!r}',
+            flush=True,
+        )
+
+
 def trackers(names: Sequence[str]) -> list[drytorch.Tracker]:
     chosen: list[drytorch.Tracker] = [CSVDumper()]
     if 'sql' in names:
@@ -178,6 +210,7 @@ def main(
     parser.add_argument('--slow-save', type=float, default=0.0)
     parser.add_argument('--save-every', type=int, default=0)
     parser.add_argument('--trackers', default='csv')
+    parser.add_argument('--slow-tracker', type=float, default=0.0)
     parser.add_argument('--out', default='')
     args = parser.parse_args(argv)
 
@@ -190,7 +223,12 @@ def main(
         {'epochs': args.epochs}, name='Preempt', par_dir=args.root
     )
     experiment.trackers.subscribe(*trackers(args.trackers.split(',')), *extra)
-    with experiment.create_run(run_id=args.run_id, resume=args.resume):
+    if args.slow_tracker:
+        experiment.trackers.subscribe(SlowTracker(args.slow_tracker))
+    with (
+        drain_report(experiment),
+        experiment.create_run(run_id=args.run_id, resume=args.resume),
+    ):
         print(f'STARTED {time.time()!r}', flush=True)
         model = drytorch.Model(
             network(Cue(at, args.signal_phase, signum, args.step_sleep)),

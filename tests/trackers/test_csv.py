@@ -29,6 +29,16 @@ def read(path: pathlib.Path, delimiter: str = ',') -> list[list[str]]:
         return list(csv.reader(stream, delimiter=delimiter))
 
 
+def flush() -> None:
+    """Let the tracker thread write what was published, before a read."""
+    Experiment.get_current().trackers.flush()
+
+
+def run_folder(root: pathlib.Path, run_id: str = 'r') -> pathlib.Path:
+    """A run's folder under a dumper's ``par_dir``: experiment, run."""
+    return root / 'CsvExp' / 'runs' / run_id
+
+
 def experiment(tmp_path: pathlib.Path, dumper: CSVDumper) -> Experiment[Any]:
     exp: Experiment[Any] = Experiment(
         None, name='CsvExp', par_dir=tmp_path / 'experiments'
@@ -48,6 +58,7 @@ def test_writes_and_reads_back(tmp_path: pathlib.Path) -> None:
             metric(epoch, loss=1 / epoch, acc=epoch / 10)
             metric(epoch, source='validation', loss=2 / epoch)
         metric(1, model='other', loss=9.0)
+        flush()
         history = dumper.load_metrics('net')
     assert history == {
         'trainer': (
@@ -67,10 +78,10 @@ def test_writes_and_reads_back(tmp_path: pathlib.Path) -> None:
 
 def test_file_layout_and_header(tmp_path: pathlib.Path) -> None:
     dumper = CSVDumper(par_dir=tmp_path / 'csv')
-    with experiment(tmp_path, dumper).create_run():
+    with experiment(tmp_path, dumper).create_run('r'):
         metric(1, loss=0.25, acc=0.5)
         metric(2, loss=0.125, acc=0.75)
-    path = tmp_path / 'csv' / 'csv_metrics' / 'net' / 'trainer.csv'
+    path = run_folder(tmp_path / 'csv') / 'csv_metrics' / 'net' / 'trainer.csv'
     assert dumper.file_path('net', 'trainer') == path
     assert read(path) == [
         ['model', 'source', 'epoch', 'loss', 'acc'],
@@ -85,16 +96,20 @@ def test_values_round_trip_exactly(tmp_path: pathlib.Path) -> None:
     with experiment(tmp_path, dumper).create_run():
         for epoch, value in enumerate(values, start=1):
             metric(epoch, loss=value)
+        flush()
         loaded = dumper.load_metrics('net')['trainer'][1]['loss']
     assert loaded == values
 
 
 def test_default_location_is_the_run_folder(tmp_path: pathlib.Path) -> None:
     dumper = CSVDumper()
+    with pytest.raises(exceptions.NoActiveRunError):
+        _ = dumper.par_dir  # no run yet
     exp = experiment(tmp_path, dumper)
     with exp.create_run() as run:
-        assert dumper.par_dir == run.dir
         metric(1, loss=1.0)
+        flush()
+        assert dumper.par_dir == run.dir
         assert dumper.load_metrics('net') == {
             'trainer': ([1], {'loss': [1.0]})
         }
@@ -102,8 +117,9 @@ def test_default_location_is_the_run_folder(tmp_path: pathlib.Path) -> None:
         tmp_path / 'experiments' / 'CsvExp' / 'runs' / run.id / 'csv_metrics'
     )
     assert (expected / 'net' / 'trainer.csv').is_file()
-    with pytest.raises(exceptions.NoActiveRunError):
-        _ = dumper.par_dir
+    # the stopped run's files can still be read
+    assert dumper.par_dir == run.dir
+    assert dumper.load_metrics('net') == {'trainer': ([1], {'loss': [1.0]})}
 
 
 def test_each_run_keeps_its_own_files(tmp_path: pathlib.Path) -> None:
@@ -113,6 +129,7 @@ def test_each_run_keeps_its_own_files(tmp_path: pathlib.Path) -> None:
         metric(1, loss=1.0)
     with exp.create_run(run_id='b') as second:
         metric(1, loss=2.0)
+        flush()
         assert dumper.load_metrics('net') == {
             'trainer': ([1], {'loss': [2.0]})
         }
@@ -135,6 +152,7 @@ def test_resume_drops_rows_past_the_resumed_epoch(
             metric(epoch, source='validation', loss=10.0 * epoch)
     # preempted after epoch 5, but the last checkpoint was at epoch 3
     with exp.create_run(resume=True) as run:
+        flush()
         assert dumper.load_metrics('net', max_epoch=3)['trainer'][0] == [
             1,
             2,
@@ -143,6 +161,7 @@ def test_resume_drops_rows_past_the_resumed_epoch(
         metric(4, loss=40.0)
         metric(4, source='validation', loss=400.0)
         metric(5, loss=50.0)
+        flush()
         history = dumper.load_metrics('net')
     assert history == {
         'trainer': ([1, 2, 3, 4, 5], {'loss': [1.0, 2.0, 3.0, 40.0, 50.0]}),
@@ -166,6 +185,7 @@ def test_resumed_rows_line_up_with_the_old_columns(
             epoch=2,
             metrics={'acc': 0.2, 'loss': 2.0},
         )
+        flush()
         history = dumper.load_metrics('net')
     assert history == {
         'trainer': ([1, 2], {'loss': [1.0, 2.0], 'acc': [0.1, 0.2]})
@@ -184,6 +204,7 @@ def test_metrics_in_another_order_stay_in_their_columns(
             epoch=2,
             metrics={'acc': 0.2, 'loss': 2.0},
         )
+        flush()
         history = dumper.load_metrics('net')
     assert history['trainer'][1] == {'loss': [1.0, 2.0], 'acc': [0.1, 0.2]}
 
@@ -193,11 +214,13 @@ def test_other_metrics_mid_run_are_refused_loudly(
 ) -> None:
     dumper = CSVDumper(par_dir=tmp_path / 'csv')
     exp = experiment(tmp_path, dumper)
-    with exp.create_run():
+    with exp.create_run('r'):
         metric(1, loss=1.0)
         with pytest.warns(TrackerFailedWarning, match='metric columns'):
             metric(2, loss=1.0, acc=0.5)
-    rows = read(tmp_path / 'csv' / 'csv_metrics' / 'net' / 'trainer.csv')
+            flush()
+    folder = run_folder(tmp_path / 'csv') / 'csv_metrics'
+    rows = read(folder / 'net' / 'trainer.csv')
     assert rows == [
         ['model', 'source', 'epoch', 'loss'],
         ['net', 'trainer', '1', '1.0'],
@@ -207,13 +230,14 @@ def test_other_metrics_mid_run_are_refused_loudly(
 def test_a_file_with_other_columns_is_moved_aside(
     tmp_path: pathlib.Path,
 ) -> None:
-    path = tmp_path / 'csv' / 'csv_metrics' / 'net' / 'trainer.csv'
+    path = run_folder(tmp_path / 'csv') / 'csv_metrics' / 'net' / 'trainer.csv'
     path.parent.mkdir(parents=True)
     path.write_text('model,source,epoch,old\nnet,trainer,1,3.0\n')
     dumper = CSVDumper(par_dir=tmp_path / 'csv')
-    with experiment(tmp_path, dumper).create_run():
+    with experiment(tmp_path, dumper).create_run('r'):
         with pytest.warns(exceptions.DryTorchWarning, match='other columns'):
             metric(1, loss=1.0)
+            flush()
         history = dumper.load_metrics('net')
     assert history == {'trainer': ([1], {'loss': [1.0]})}
     aside = path.with_name('trainer.previous.csv')
@@ -227,6 +251,7 @@ def test_delimiter(tmp_path: pathlib.Path) -> None:
     dumper = CSVDumper(par_dir=tmp_path / 'csv', delimiter=';')
     with experiment(tmp_path, dumper).create_run():
         metric(1, loss=1.5)
+        flush()
         assert dumper.load_metrics('net') == {
             'trainer': ([1], {'loss': [1.5]})
         }

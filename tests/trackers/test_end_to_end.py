@@ -54,9 +54,11 @@ def test_training_finishes_and_healthy_trackers_are_complete(
             )
             trainer.add_validation(DataLoader(_data(), 32))
             trainer.train(2)
+            exp.trackers.flush()  # the trackers run on a background worker
             shutil.rmtree(run.dir / 'tensorboard')
             shutil.rmtree(sql_dir)
             trainer.train(2)
+            exp.trackers.flush()
             assert list(exp.trackers.named_trackers) == ['CSVDumper']
     dropped = sorted(
         str(w.message).split("'")[1]

@@ -47,6 +47,7 @@ _SCRIPT = textwrap.dedent(
 
     def run(exp, output):
         with exp.create_run('r'):
+            exp.trackers.flush()  # the link is made on the tracker thread
             link = exp.run.dir / 'hydra'
             assert link.is_symlink(), 'linked during the run'
             assert link.resolve() == output.resolve()
@@ -155,3 +156,25 @@ def test_failed_run_is_copied_too(
     copy = tmp_path / 'exp' / 't' / 'runs' / 'r' / 'hydra'
     assert copy.is_dir()
     assert not copy.is_symlink()
+
+
+def test_jobs_sharing_a_par_dir_keep_their_copies(
+    tmp_path: pathlib.Path, hydra_output: pathlib.Path
+) -> None:
+    shared = tmp_path / 'shared'
+    link = HydraLink(par_dir=shared)
+    config = hydra_output / '.hydra' / 'config.yaml'
+    for name, lr in (('t', '0.1'), ('u', '0.2')):
+        config.write_text(f'lr: {lr}\n')  # the next job's configuration
+        exp = make_experiment(tmp_path / 'exp', link, name=name)
+        run_epochs(exp, [1], run_id='r')
+        run_epochs(exp, [1], run_id='s')
+    for name, lr in (('t', '0.1'), ('u', '0.2')):
+        for run_id in ('r', 's'):
+            copy = shared / name / 'runs' / run_id / 'hydra'
+            assert copy.is_dir()
+            assert not copy.is_symlink()
+            assert (copy / '.hydra' / 'config.yaml').read_text() == (
+                f'lr: {lr}\n'
+            )
+    assert not (shared / 'hydra').exists()

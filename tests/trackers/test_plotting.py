@@ -109,6 +109,7 @@ def test_plots_update_at_epoch_end_once_asked_for(
         assert plotter.draws == [], 'nothing drawn before it is asked for'
         plot = plotter.plot_metric('m', 'loss')
         emit_epochs([2])
+        exp.trackers.flush()  # the plotter runs on the background worker
         assert plot['train'][0] == [1, 2], 'updated in place'
         assert plotter.draws == [('m', 'loss')] * 2
         one_off = plotter.plot_metric('m', 'loss', source_names=['val'])

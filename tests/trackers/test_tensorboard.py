@@ -157,14 +157,24 @@ def test_every_attempt_seam_keeps_each_epoch_once(
     assert config.step == 0
 
 
-def test_given_folder_keeps_runs_apart(tmp_path: pathlib.Path) -> None:
+def test_given_folder_keeps_experiments_and_runs_apart(
+    tmp_path: pathlib.Path,
+) -> None:
     board = TensorBoard(par_dir=tmp_path / 'boards')
-    exp = make_experiment(tmp_path, board)
-    run_epochs(exp, [1], run_id='a')
-    run_epochs(exp, [1, 2], run_id='b')
-    root = tmp_path / 'boards' / 'tensorboard' / 't'
-    assert len(_scalars(root / 'a', 'm/train/loss')) == 1
-    assert len(_scalars(root / 'b', 'm/train/loss')) == 2
+    first = make_experiment(tmp_path, board)
+    run_epochs(first, [1], run_id='a')
+    run_epochs(first, [1, 2], run_id='b')
+    second = make_experiment(tmp_path, board, name='u')
+    run_epochs(second, [1, 2, 3], run_id='a')
+    root = tmp_path / 'boards'
+    assert board.root_dir == root  # a server lists every run below it
+    for exp_name, run_id, count in (
+        ('t', 'a', 1),
+        ('t', 'b', 2),
+        ('u', 'a', 3),
+    ):
+        log_dir = root / exp_name / 'runs' / run_id / 'tensorboard'
+        assert len(_scalars(log_dir, 'm/train/loss')) == count
 
 
 def test_server_answers_on_loopback_and_stops(
@@ -177,6 +187,7 @@ def test_server_answers_on_loopback_and_stops(
     exp = make_experiment(tmp_path, board)
     with exp.create_run('r'):
         emit_epochs([1, 2])
+        exp.trackers.flush()
         url = board.url
         assert url is not None
         assert url.startswith('http://127.0.0.1:')
@@ -202,9 +213,11 @@ def test_removed_log_folder_drops_only_this_tracker(
     exp = make_experiment(tmp_path, board, csv)
     with exp.create_run('r'):
         emit_epochs([1, 2])
+        exp.trackers.flush()
         shutil.rmtree(exp.run.dir / 'tensorboard')
         with pytest.warns(TrackerFailedWarning, match='TensorBoard'):
             emit_epochs([3])
+            exp.trackers.flush()
         emit_epochs([4])
         assert list(exp.trackers.named_trackers) == ['CSVDumper']
     assert board._writer is None
@@ -488,6 +501,7 @@ def test_a_batch_folder_removed_mid_epoch_drops_only_this_tracker(
         trainer.model.module.register_forward_pre_hook(remove)
         with pytest.warns(TrackerFailedWarning, match='TensorBoard.*removed'):
             trainer.train(3)
+            exp.trackers.flush()  # the trackers run on a background worker
         assert list(exp.trackers.named_trackers) == ['CSVDumper']
         assert trainer.model.epoch == 3
 

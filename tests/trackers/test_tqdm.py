@@ -53,6 +53,15 @@ def train(epochs: int, batches: int) -> list[log_events.IterateBatchEvent]:
     return loops
 
 
+@pytest.fixture
+def terminal(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> pytest.CaptureFixture[str]:
+    """Captured stderr taken for a terminal: tqdm's live bars."""
+    monkeypatch.setattr(tqdm_tracker, '_is_terminal', lambda stream: True)
+    return capsys
+
+
 def final_states(text: str, desc: str) -> list[str]:
     """The last drawn state of each bar called ``desc``."""
     states = re.findall(rf'{re.escape(desc)}:\s+(\d+%\|[^\r\n]*)', text)
@@ -60,8 +69,9 @@ def final_states(text: str, desc: str) -> list[str]:
 
 
 def test_bars_show_progress_and_metrics(
-    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: pathlib.Path, terminal: pytest.CaptureFixture[str]
 ) -> None:
+    capsys = terminal
     exp = experiment(tmp_path, TqdmLogger(leave=True))
     with exp.create_run():
         loops = train(epochs=2, batches=10)
@@ -76,8 +86,9 @@ def test_bars_show_progress_and_metrics(
 
 
 def test_resumed_loop_starts_where_it_stopped(
-    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: pathlib.Path, terminal: pytest.CaptureFixture[str]
 ) -> None:
+    capsys = terminal
     exp = experiment(tmp_path, TqdmLogger(leave=True))
     with exp.create_run():
         loop = log_events.IterateBatchEvent(
@@ -94,8 +105,9 @@ def test_resumed_loop_starts_where_it_stopped(
 
 
 def test_training_bar_can_be_disabled(
-    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: pathlib.Path, terminal: pytest.CaptureFixture[str]
 ) -> None:
+    capsys = terminal
     exp = experiment(tmp_path, TqdmLogger(enable_training_bar=False))
     with exp.create_run():
         loops = train(epochs=1, batches=4)
@@ -106,7 +118,7 @@ def test_training_bar_can_be_disabled(
 
 
 def test_clean_up_closes_bars_of_an_interrupted_run(
-    tmp_path: pathlib.Path,
+    tmp_path: pathlib.Path, terminal: pytest.CaptureFixture[str]
 ) -> None:
     exp = experiment(tmp_path, TqdmLogger())
     with pytest.raises(RuntimeError), exp.create_run():
@@ -122,8 +134,9 @@ def test_clean_up_closes_bars_of_an_interrupted_run(
 
 
 def test_log_lines_are_not_mixed_into_a_live_bar(
-    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: pathlib.Path, terminal: pytest.CaptureFixture[str]
 ) -> None:
+    capsys = terminal
     exp = experiment(
         tmp_path, TqdmLogger(leave=True), BuiltinLogger(InfoLevels.epoch)
     )
@@ -141,3 +154,114 @@ def test_missing_tqdm(monkeypatch: pytest.MonkeyPatch) -> None:
         TqdmLogger()
     assert "'tqdm'" in str(info.value)
     assert 'drytorch[recommended]' in str(info.value)
+
+
+class _Clock:
+    """A monotonic clock that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _loop_updates(clock: _Clock, batches: int, step_s: float) -> None:
+    loop = log_events.IterateBatchEvent(
+        source_name='trainer',
+        batch_size=2,
+        dataset_size=2 * batches,
+        num_batches=batches,
+    )
+    for done in range(1, batches + 1):
+        clock.now += step_s
+        loop.update({'loss': 1.0 / done}, done)
+
+
+@pytest.mark.parametrize('interval', [None, 5.0])
+def test_a_file_stream_gets_plain_lines_throttled_by_interval(
+    tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+    interval: float | None,
+) -> None:
+    clock = _Clock()
+    monkeypatch.setattr(tqdm_tracker, '_clock', clock)
+    log = tmp_path / 'slurm-123.out'
+    with log.open('w') as stream:
+        exp = experiment(tmp_path, TqdmLogger(file=stream, interval=interval))
+        with exp.create_run():
+            log_events.StartTrainingEvent(
+                source_name='trainer',
+                model_name='net',
+                start_epoch=1,
+                end_epoch=4,
+            )
+            for epoch in range(1, 5):
+                # 12 updates, 1 s apart
+                _loop_updates(clock, batches=12, step_s=1.0)
+                log_events.MetricEvent(
+                    model_name='net',
+                    source_name='trainer',
+                    epoch=epoch,
+                    metrics={'loss': 1.0 / epoch},
+                )
+                log_events.EndEpochEvent(
+                    source_name='trainer', model_name='net', epoch=epoch
+                )
+            log_events.EndTrainingEvent(source_name='trainer')
+    text = log.read_text()
+    assert '\r' not in text and '\x1b' not in text, repr(text)
+    lines = text.splitlines()
+    epochs = [line for line in lines if line.startswith('net epoch')]
+    assert epochs == [
+        f'net epoch {e}/4 | trainer: loss={1 / e:.4g}' for e in range(1, 5)
+    ]
+    progress = [line for line in lines if line.startswith('trainer batch')]
+    # default interval 30 s: a 12 s loop writes no progress line;
+    # 5 s: lines at batches 5 and 10 of each epoch
+    expected = 0 if interval is None else 2 * 4
+    assert len(progress) == expected, lines
+    if progress:
+        assert progress[0].startswith('trainer batch 5/12  1 batch/s')
+        assert 'loss=0.2' in progress[0]
+
+
+def test_progress_interval_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(exceptions.DryTorchError, match='interval=-1'):
+        TqdmLogger(interval=-1)
+    monkeypatch.setenv(tqdm_tracker.INTERVAL_VARIABLE, 'often')
+    with pytest.raises(exceptions.DryTorchError, match="'often'"):
+        TqdmLogger()
+    monkeypatch.setenv(tqdm_tracker.INTERVAL_VARIABLE, '2')
+    assert TqdmLogger().interval == 2.0
+
+
+def test_a_real_training_written_to_a_file_has_no_control_characters(
+    tmp_path: pathlib.Path,
+) -> None:
+    import torch
+
+    import drytorch
+
+    inputs = torch.randn(64, 3)
+    data = torch.utils.data.TensorDataset(inputs, inputs.sum(1, keepdim=True))
+    log = tmp_path / 'job.log'
+    with log.open('w') as stream:
+        exp = experiment(tmp_path, TqdmLogger(file=stream, interval=0))
+        with exp.create_run():
+            model = drytorch.Model(torch.nn.Linear(3, 1), name='lin')
+            trainer = drytorch.Trainer(
+                model,
+                loader=drytorch.DataLoader(data, 8),
+                loss=drytorch.Loss('MSE'),
+                learning_schema=drytorch.LearningSchema.SGD(0.05),
+            )
+            trainer.add_validation(drytorch.DataLoader(data, 16))
+            trainer.train(4)
+    text = log.read_text()
+    assert '\r' not in text and '\x1b' not in text, repr(text)
+    epochs = [line for line in text.splitlines() if line.startswith('lin ep')]
+    assert len(epochs) == 4
+    for number, line in enumerate(epochs, start=1):
+        assert line.startswith(f'lin epoch {number}/4 | ')
+        assert 'MSE=' in line and 'Validation' in line

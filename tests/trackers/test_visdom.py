@@ -34,6 +34,7 @@ def test_windows_hold_every_epoch(
     exp = make_experiment(tmp_path, plotter)
     with exp.create_run():
         emit_epochs([1, 2])
+        exp.trackers.flush()  # the plotter runs on the background worker
         # drawn at each epoch end, before the run stops
         assert _window(plotter, 'm-loss')['train']['x'] == [1, 2]
         emit_epochs([3])

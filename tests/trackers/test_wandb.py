@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import time
 from typing import Any
 
 import pytest
@@ -19,10 +20,27 @@ from tests.trackers._support import (  # noqa: E402
     value,
     wandb_records,
 )
+from tests.trackers._threads import notify_on_thread, run_events  # noqa: E402
 
 
 def _quiet() -> Any:
     return wandb.Settings(console='off', x_disable_stats=True, silent=True)
+
+
+def _finished_records(path: pathlib.Path, timeout: float = 20) -> list[Any]:
+    """The records of a finished run's file, once its exit record is in.
+
+    ``run.finish()`` can return before W&B's writer (another process) has
+    put the records on disk, so right after a run the file may hold no
+    more than its header.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        records = list(wandb_records(path))
+        kinds = {record.WhichOneof('record_type') for record in records}
+        if 'exit' in kinds or time.monotonic() > deadline:
+            return records
+        time.sleep(0.05)
 
 
 def _attempts(run_dir: pathlib.Path) -> list[dict[str, Any]]:
@@ -34,7 +52,7 @@ def _attempts(run_dir: pathlib.Path) -> list[dict[str, Any]]:
     for folder in folders:
         [path] = folder.glob('run-*.wandb')
         found: dict[str, Any] = {'history': {}, 'preempting': False}
-        for record in wandb_records(path):
+        for record in _finished_records(path):
             kind = record.WhichOneof('record_type')
             if kind == 'run':
                 found['run'] = record.run
@@ -125,3 +143,178 @@ def test_steps_never_go_back_when_a_second_model_starts(
     assert sorted(history) == [1, 2, 3, 4, 5]
     assert [history[s]['b/epoch'] for s in (4, 5)] == [1, 2]
     assert history[3]['a/epoch'] == 3
+
+
+# -- the user's settings win; the library fills only what is left unset --
+
+_USER_OPTIONS = {
+    'project': 'user-project',
+    'run_name': 'user-name',
+    'run_group': 'user-group',
+    'run_tags': ('user-tag',),
+}
+
+
+def _record(attempt: dict[str, Any]) -> dict[str, Any]:
+    """The options a run record holds, by their Settings names."""
+    run = attempt['run']
+    return {
+        'project': run.project,
+        'run_id': run.run_id,
+        'run_name': run.display_name,
+        'run_group': run.run_group,
+        'run_tags': tuple(run.tags),
+    }
+
+
+_LIBRARY = {
+    'project': 't',
+    'run_id': wandb_run_id('t', 'r'),
+    'run_name': 'r',
+    'run_group': 't',
+    'run_tags': ('tag-a', 'tag-b'),
+}
+
+
+@pytest.mark.parametrize('option', sorted(_USER_OPTIONS))
+def test_an_option_the_user_sets_reaches_wandb_init(
+    tmp_path: pathlib.Path, option: str
+) -> None:
+    settings = _quiet()
+    setattr(settings, option, _USER_OPTIONS[option])
+    exp = make_experiment(tmp_path, Wandb(settings=settings))
+    run_epochs(exp, [1])
+    [attempt] = _attempts(tmp_path / 't' / 'runs' / 'r')
+    assert _record(attempt) == {**_LIBRARY, option: _USER_OPTIONS[option]}
+
+
+def test_root_dir_the_user_sets_holds_the_files(
+    tmp_path: pathlib.Path,
+) -> None:
+    root = tmp_path / 'user-root'
+    settings = _quiet()
+    settings.root_dir = str(root)
+    exp = make_experiment(tmp_path, Wandb(settings=settings))
+    run_epochs(exp, [1])
+    [attempt] = _attempts(root)
+    assert _record(attempt) == _LIBRARY
+    assert not (tmp_path / 't' / 'runs' / 'r' / 'wandb').exists()
+
+
+def test_library_defaults_apply_to_what_is_unset_or_none(
+    tmp_path: pathlib.Path,
+) -> None:
+    # None is no choice, as for wandb.init's own keyword arguments
+    settings = wandb.Settings(
+        console='off', silent=True, project=None, run_name=None
+    )
+    exp = make_experiment(tmp_path, Wandb(settings=settings))
+    run_epochs(exp, [1])
+    [attempt] = _attempts(tmp_path / 't' / 'runs' / 'r')
+    assert _record(attempt) == _LIBRARY
+
+
+def test_environment_variables_count_as_the_users(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv('WANDB_PROJECT', 'env-project')
+    monkeypatch.setenv('WANDB_DIR', str(tmp_path / 'env-root'))
+    exp = make_experiment(tmp_path, Wandb(settings=_quiet()))
+    run_epochs(exp, [1])
+    [attempt] = _attempts(tmp_path / 'env-root')
+    assert _record(attempt) == {**_LIBRARY, 'project': 'env-project'}
+
+
+def test_settings_as_a_mapping_are_checked_at_construction(
+    tmp_path: pathlib.Path,
+) -> None:
+    with pytest.raises(ValueError, match='bogus'):
+        Wandb(settings={'bogus': 1})
+    exp = make_experiment(
+        tmp_path, Wandb(settings={'console': 'off', 'run_name': 'mapped'})
+    )
+    run_epochs(exp, [1])
+    [attempt] = _attempts(tmp_path / 't' / 'runs' / 'r')
+    assert _record(attempt)['run_name'] == 'mapped'
+
+
+def test_par_dir_and_root_dir_together_are_refused(
+    tmp_path: pathlib.Path,
+) -> None:
+    settings = _quiet()
+    settings.root_dir = str(tmp_path / 'a')
+    with pytest.raises(ValueError, match='give only one of them'):
+        Wandb(par_dir=tmp_path / 'b', settings=settings)
+
+
+def test_users_settings_object_is_left_as_given(
+    tmp_path: pathlib.Path,
+) -> None:
+    settings = _quiet()
+    settings.run_name = 'mine'
+    before = set(settings.model_fields_set)
+    exp = make_experiment(tmp_path, Wandb(settings=settings))
+    run_epochs(exp, [1], run_id='first')
+    run_epochs(exp, [1], run_id='second')
+    assert settings.model_fields_set == before
+    assert settings.run_id is None
+    ids = {
+        _record(a)['run_id']
+        for run in ('first', 'second')
+        for a in _attempts(tmp_path / 't' / 'runs' / run)
+    }
+    assert ids == {wandb_run_id('t', 'first'), wandb_run_id('t', 'second')}
+
+
+def test_resume_with_user_options_continues_the_same_run(
+    tmp_path: pathlib.Path,
+) -> None:
+    root = tmp_path / 'user-root'
+    settings = wandb.Settings(
+        console='off',
+        silent=True,
+        x_disable_stats=True,
+        root_dir=str(root),
+        **_USER_OPTIONS,
+    )
+    exp = make_experiment(tmp_path, Wandb(settings=settings))
+    run_epochs(exp, range(1, 4), preempt=True)
+    run_epochs(exp, range(4, 6), resume=True, attempt=2)
+    first, second = _attempts(root)
+    expected = {**_USER_OPTIONS, 'run_id': wandb_run_id('t', 'r')}
+    assert _record(first) == _record(second) == expected
+    assert first['preempting']
+    steps = list(first['history']) + list(second['history'])
+    assert steps == [1, 2, 3, 4, 5]
+
+
+# -- the trackers' worker calls wandb.init off the main thread --
+
+
+def test_init_log_and_finish_from_another_thread(
+    tmp_path: pathlib.Path,
+) -> None:
+    tracker = Wandb(settings=_quiet())
+    notify_on_thread(tracker, run_events(tmp_path, range(1, 3)))
+    assert tracker.run is None
+    [attempt] = _attempts(tmp_path / 't' / 'runs' / 'r')
+    assert _record(attempt) == _LIBRARY
+    assert sorted(attempt['history']) == [1, 2]
+    assert attempt['history'][2]['m/val/loss'] == pytest.approx(
+        value(2, 'val')
+    )
+    assert attempt['exit_code'] == 0
+
+
+def test_after_a_flush_the_wandb_run_has_the_library_options(
+    tmp_path: pathlib.Path,
+) -> None:
+    tracker = Wandb(settings=_quiet())
+    exp = make_experiment(tmp_path, tracker)
+    with exp.create_run('r'):
+        emit_epochs([1, 2])
+        exp.trackers.flush()
+        run = tracker.run
+        assert run is not None
+        assert run.id == wandb_run_id('t', 'r')
+        assert run.name == 'r'

@@ -123,10 +123,39 @@ def test_explicit_folder(tmp_path: pathlib.Path) -> None:
         {'a': 1}, name='YamlExp', par_dir=tmp_path / 'experiments'
     )
     exp.trackers.subscribe(YamlDumper(par_dir=tmp_path / 'meta'))
-    with exp.create_run() as run:
+    with exp.create_run('r') as run:
         pass
-    assert load(tmp_path / 'meta' / 'metadata' / 'config.yaml') == {'a': 1}
+    metadata = tmp_path / 'meta' / 'YamlExp' / 'runs' / 'r' / 'metadata'
+    assert load(metadata / 'config.yaml') == {'a': 1}
     assert not run.dir.exists()
+
+
+def test_experiments_sharing_a_folder_keep_their_own_metadata(
+    tmp_path: pathlib.Path,
+) -> None:
+    dumper = YamlDumper(par_dir=tmp_path / 'meta')
+    configs = {'first': {'lr': 0.1}, 'second': {'lr': 0.2}}
+    for name, config in configs.items():
+        exp: Experiment[Any] = Experiment(
+            config, name=name, par_dir=tmp_path / 'experiments'
+        )
+        exp.trackers.subscribe(dumper)
+        with pytest.raises(PreemptedExit), exp.create_run('r'):
+            raise PreemptedExit
+        with exp.create_run('r', resume=True):
+            pass
+        with exp.create_run('other'):
+            pass
+    for name, config in configs.items():
+        runs = tmp_path / 'meta' / name / 'runs'
+        for run_id, count in (('r', 2), ('other', 1)):
+            metadata = runs / run_id / 'metadata'
+            assert load(metadata / 'config.yaml') == config
+            attempts = load(metadata / 'attempts.yaml')
+            assert [a['attempt'] for a in attempts] == list(
+                range(1, count + 1)
+            )
+            assert all(a['run_id'] == run_id for a in attempts)
 
 
 def test_missing_pyyaml(monkeypatch: pytest.MonkeyPatch) -> None:
