@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from drytorch.core import exceptions, log_events
 from drytorch.core.experimenting import Experiment
+from drytorch.core.tracking import EventDispatcher
 from drytorch.lib import trainer_state
 from drytorch.lib.resume import Position
 
@@ -91,6 +92,13 @@ class Checkpointing:
         if self._last_save is not None and self._last_save[0] == key:
             location = self._last_save[1]  # this very state is on disk
         else:
+            # what the trackers store must cover what the checkpoint
+            # covers: a SIGKILL after the write then loses nothing that a
+            # resume from it would not publish again (rank zero's worker
+            # only; no-op elsewhere, and no collective)
+            dispatcher = EventDispatcher.active()
+            if dispatcher is not None:
+                dispatcher.flush()
             location = trainer_state.save(self, position)
             self._last_save = (key, location)
         log_events.SaveModelEvent(

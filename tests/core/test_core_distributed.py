@@ -84,8 +84,9 @@ def test_events_reach_trackers_only_on_rank_zero(launch: Any) -> None:
     ]
     assert 'EndTrainingEvent' not in zero['events']
     assert one['events'] == []
-    # the progress bar (TqdmLogger) adds a push callback on rank zero only
-    assert zero['tracker_callbacks'] == 1
+    # on rank zero only: the progress bar's (TqdmLogger, immediate) push
+    # callback, and the one forwarding progress to the background worker
+    assert zero['tracker_callbacks'] == 2
     assert one['tracker_callbacks'] == 0
     assert zero['pushed'] == one['pushed'] == [4]
 

@@ -104,7 +104,12 @@ class TestWatcher:
 
 # ---------------------------------------------------------------- events
 class ProgressSpy(Tracker):
-    """Sees the progress bar right after the tqdm tracker made it."""
+    """Sees the progress bar right after the tqdm tracker made it.
+
+    Immediate, like the bar it looks at.
+    """
+
+    immediate = True
 
     def __init__(self, bars: TqdmLogger) -> None:
         self.bars = bars
@@ -152,8 +157,12 @@ def test_trackers_hear_of_the_preemption(tmp_path: pathlib.Path) -> None:
 
 
 def test_progress_bar_starts_at_the_resumed_batch(
-    tmp_path: pathlib.Path,
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from drytorch.trackers import tqdm as tqdm_tracker
+
+    # the live bar, as on a terminal (a file gets plain lines)
+    monkeypatch.setattr(tqdm_tracker, '_is_terminal', lambda stream: True)
     assert attempt(tmp_path, '--signal-at', '10') == REQUEUE
     bars = TqdmLogger(leave=False)
     spy = ProgressSpy(bars)
