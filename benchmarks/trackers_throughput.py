@@ -13,8 +13,8 @@ fewer epochs (``--visdom-epochs``); PostgreSQL runs when
 Part 2 (slow backend): a small CPU training loop (an MLP, ``--steps``
 optimiser steps per epoch) that publishes one MetricEvent per epoch, with no
 tracker, with a tracker whose notify sleeps 5 ms, and with real trackers.
-Trackers run in the training process, synchronously: a slow backend costs
-every epoch its full latency, which this part measures.
+Trackers now run on a background worker (see tracker_worker.py); this part
+measures what publishing costs the training thread.
 
     python benchmarks/trackers_throughput.py
     python benchmarks/trackers_throughput.py --epochs 500 --only csv sqlite
