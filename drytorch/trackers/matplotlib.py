@@ -4,6 +4,10 @@ Figures are created as :class:`matplotlib.figure.Figure` objects rather
 than through ``pyplot``: nothing depends on the interactive backend, so the
 plotter works the same on a cluster node (no display, Agg) and in a
 notebook, and a long run does not pile figures up in pyplot's registry.
+
+An epoch hands each grown line the arrays the plotter keeps (views of
+:class:`~drytorch.trackers.plotting.Points`) and widens the data limits by
+the new points only: ``relim`` would walk every point of every line.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from typing_extensions import override
 
 from drytorch.core import exceptions
 from drytorch.trackers.base_classes import MetricLoader, module_available
-from drytorch.trackers.plotting import FigurePlotter, Series
+from drytorch.trackers.plotting import FigurePlotter, Points, Series
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -106,6 +110,26 @@ class MatPlotter(FigurePlotter['Figure']):
         axes.relim()
         axes.autoscale_view()
         return figure
+
+    @override
+    def _extend(
+        self,
+        model_name: str,
+        metric_name: str,
+        grown: Mapping[str, Points],
+        plot: Figure,
+    ) -> Figure:
+        import numpy as np
+
+        axes = plot.axes[0]
+        lines = {line.get_label(): line for line in axes.get_lines()}
+        for source, points in grown.items():
+            line = lines[source]
+            line.set_data(points.x, points.y)
+            line.set_marker('')  # two points at least: a line shows
+            axes.update_datalim(np.column_stack(points.tail()))
+        axes.autoscale_view()
+        return plot
 
     @override
     def _write(self, figure: Figure, path: pathlib.Path) -> None:

@@ -1,4 +1,11 @@
-"""Metrics as plotly figures, saved as self-contained HTML."""
+"""Metrics as plotly figures, saved as self-contained HTML.
+
+Traces hold numpy arrays: plotly validates a list point by point, which
+made each epoch's update cost grow with the run, while an array is
+copied whole in C.  An epoch sets each grown trace to the views the
+plotter keeps (:class:`~drytorch.trackers.plotting.Points`), with no
+Python work per point (plotly has no append of its own).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ from typing_extensions import override
 
 from drytorch.core import exceptions
 from drytorch.trackers.base_classes import MetricLoader, module_available
-from drytorch.trackers.plotting import FigurePlotter, Series
+from drytorch.trackers.plotting import FigurePlotter, Points, Series
 
 if TYPE_CHECKING:
     from plotly.graph_objects import Figure
@@ -68,6 +75,7 @@ class PlotlyPlotter(FigurePlotter['Figure']):
         series: Mapping[str, Series],
         previous: Figure | None,
     ) -> Figure:
+        import numpy as np
         import plotly.graph_objects as go
 
         if previous is None:
@@ -82,16 +90,36 @@ class PlotlyPlotter(FigurePlotter['Figure']):
         traces = {trace.name: trace for trace in figure.data}
         with figure.batch_update():
             for source, (epochs, values) in series.items():
+                x = np.asarray(epochs, dtype=np.int64)
+                y = np.asarray(values, dtype=np.float64)
                 # a source with one point (a test) is invisible as a line
                 mode = 'markers' if len(epochs) == 1 else 'lines'
                 trace = traces.get(source)
                 if trace is None:
                     figure.add_trace(
-                        go.Scatter(x=epochs, y=values, name=source, mode=mode)
+                        go.Scatter(x=x, y=y, name=source, mode=mode)
                     )
                 else:
-                    trace.update(x=epochs, y=values, mode=mode)
+                    trace.update(x=x, y=y, mode=mode)
         return figure
+
+    @override
+    def _extend(
+        self,
+        model_name: str,
+        metric_name: str,
+        grown: Mapping[str, Points],
+        plot: Figure,
+    ) -> Figure:
+        traces = {trace.name: trace for trace in plot.data}
+        for source, points in grown.items():
+            trace = traces[source]
+            # set one by one: batch_update would compare and copy more
+            trace.x = points.x
+            trace.y = points.y
+            if trace.mode != 'lines':  # it had a single point
+                trace.mode = 'lines'
+        return plot
 
     @override
     def _write(self, figure: Figure, path: pathlib.Path) -> None:

@@ -7,9 +7,14 @@ epochs followed by the session's own: where both hold an epoch, or the
 session went back to an earlier epoch (a resumed run), the session wins, so
 that no epoch is drawn twice.
 
-Drawing is left to the subclasses (:meth:`BasePlotter._draw`); this module
-decides which curves a plot shows (their points: ``_curves``) and refreshes
-plots at the end of each epoch, only where new values arrived.
+Drawing is left to the subclasses; this module decides which curves a plot
+shows (their points: ``_curves``) and refreshes plots at the end of each
+epoch, only where new values arrived.  A refresh must not cost more as the
+run grows (a plot of epoch 5,000 is updated as fast as one of epoch 10):
+once a plot is drawn (:meth:`BasePlotter._draw`), an epoch that only adds
+points hands the backend those points (:meth:`BasePlotter._extend`), and
+the history is read again only when what the plot shows changed otherwise
+(a repeated or late epoch, a new source, a window of the last epochs).
 """
 
 from __future__ import annotations
@@ -24,10 +29,17 @@ from typing_extensions import override
 
 from drytorch.core import log_events
 from drytorch.core.tracking import EventDispatcher, Tracker
-from drytorch.trackers._curves import Series, join, put, sorted_history
+from drytorch.trackers._curves import (
+    Curve,
+    Points,
+    Series,
+    Shown,
+    join,
+    sorted_history,
+)
 from drytorch.trackers.base_classes import MetricHistory, MetricLoader
 
-__all__ = ['BasePlotter', 'FigurePlotter', 'Series']
+__all__ = ['BasePlotter', 'FigurePlotter', 'Points', 'Series']
 
 _Plot = TypeVar('_Plot')
 
@@ -70,11 +82,12 @@ class BasePlotter(Tracker, Generic[_Plot]):
         self.start = start
         self.metric_loader = metric_loader
         # model -> source -> metric -> curve, kept sorted by epoch
-        self._session: dict[str, dict[str, dict[str, Series]]] = {}
+        self._session: dict[str, dict[str, dict[str, Curve]]] = {}
         self._earlier: dict[str, MetricHistory] = {}
         self._load_epoch: dict[str, int] = {}
         self._stale: dict[str, set[str]] = {}
         self._plots: dict[tuple[str, str], _Plot] = {}
+        self._shown: dict[tuple[str, str], dict[str, Shown]] = {}
 
     @functools.singledispatchmethod
     @override
@@ -90,6 +103,7 @@ class BasePlotter(Tracker, Generic[_Plot]):
         self._load_epoch.clear()
         self._stale.clear()
         self._plots.clear()
+        self._shown.clear()
         return super().notify(event)
 
     @notify.register
@@ -113,7 +127,7 @@ class BasePlotter(Tracker, Generic[_Plot]):
                 model = self._session.setdefault(event.model_name, {})
                 curves = model.setdefault(event.source_name, {})
                 for name, value in metrics.items():
-                    put(curves.setdefault(name, ([], [])), event.epoch, value)
+                    curves.setdefault(name, Curve()).put(event.epoch, value)
                 stale = self._stale.setdefault(event.model_name, set())
                 stale.update(metrics)
         return super().notify(event)
@@ -144,7 +158,8 @@ class BasePlotter(Tracker, Generic[_Plot]):
 
         Without ``source_names`` and ``start`` the plot is the plotter's
         own, updated at each epoch end; with them, a new plot is drawn
-        once.
+        once (a server plotter draws it in the metric's window, where the
+        plotter's own plot comes back at the next epoch end).
 
         Args:
             model_name: the model.
@@ -163,12 +178,15 @@ class BasePlotter(Tracker, Generic[_Plot]):
         self._load_earlier(model_name)
         chosen = None if source_names is None else list(source_names)
         if chosen is None and start is None:
-            plot = self._redraw(model_name, metric_name)
+            plot = self._update(model_name, metric_name)
         else:
             series = self.series(model_name, metric_name, chosen, start)
             plot = None
             if series:
                 plot = self._draw(model_name, metric_name, series, None)
+                if self.live:  # drawn over the own plot: draw that anew
+                    self._plots.pop((model_name, metric_name), None)
+                    self._shown.pop((model_name, metric_name), None)
         if plot is None:
             known = ', '.join(sorted(self.metrics_of(model_name))) or 'none'
             raise ValueError(
@@ -188,15 +206,9 @@ class BasePlotter(Tracker, Generic[_Plot]):
         """The points of each source's curve, earlier sessions first."""
         earlier = self._earlier.get(model_name, {})
         current = self._session.get(model_name, {})
-        names = list(earlier) + [s for s in current if s not in earlier]
-        if source_names is not None:
-            allowed = set(source_names)
-            names = [name for name in names if name in allowed]
-        else:
-            names = [name for name in names if self._source_wanted(name)]
         first = self.start if start is None else start
         out: dict[str, Series] = {}
-        for name in names:
+        for name in self._sources(model_name, source_names):
             curves = current.get(name, {})
             epochs, values = join(earlier, curves, name, metric_name, first)
             if epochs:
@@ -211,6 +223,18 @@ class BasePlotter(Tracker, Generic[_Plot]):
         for curves in self._session.get(model_name, {}).values():
             names.update(curves)
         return {name for name in names if self._metric_wanted(name)}
+
+    def _sources(
+        self, model_name: str, chosen: Iterable[str] | None = None
+    ) -> list[str]:
+        """A model's sources to draw: the earlier session's first."""
+        earlier = self._earlier.get(model_name, {})
+        current = self._session.get(model_name, {})
+        names = list(earlier) + [s for s in current if s not in earlier]
+        if chosen is not None:
+            allowed = set(chosen)
+            return [name for name in names if name in allowed]
+        return [name for name in names if self._source_wanted(name)]
 
     def model_names_seen(self) -> list[str]:
         """Models with metrics from either session."""
@@ -227,26 +251,97 @@ class BasePlotter(Tracker, Generic[_Plot]):
     ) -> _Plot:
         """Draw ``series`` into ``previous`` (an update) or a new plot."""
 
+    def _extend(
+        self,
+        model_name: str,
+        metric_name: str,
+        grown: Mapping[str, Points],
+        plot: _Plot,
+    ) -> _Plot:
+        """Add the new points of the sources in ``grown`` to ``plot``.
+
+        ``grown`` holds only the sources with new points, each after the
+        last one drawn: :meth:`Points.tail` are the new points, ``x`` and
+        ``y`` all the points the curve now shows.  Override it so that an
+        epoch costs the same however long the run is; by default the plot
+        is drawn again with every point.
+        """
+        series = self.series(model_name, metric_name)
+        return self._draw(model_name, metric_name, series, plot)
+
     def _refresh(self, model_name: str | None, create: bool) -> None:
-        """Redraw the plots of metrics that received values."""
+        """Update the plots of metrics that received values."""
         models = list(self._stale) if model_name is None else [model_name]
         for model in models:
             for metric in sorted(self._stale.get(model, ())):
                 if create or (model, metric) in self._plots:
-                    self._redraw(model, metric)
+                    self._update(model, metric)
 
-    def _redraw(self, model_name: str, metric_name: str) -> _Plot | None:
-        """Update the plotter's own plot of a metric; None if it is empty."""
+    def _update(self, model_name: str, metric_name: str) -> _Plot | None:
+        """Bring the plotter's own plot of a metric up to date.
+
+        Returns:
+            The plot, or None when the metric has no point to show.
+
+        """
         self._stale.get(model_name, set()).discard(metric_name)
+        key = (model_name, metric_name)
+        plot = self._plots.get(key)
+        if plot is not None:
+            grown = self._grown(model_name, metric_name)
+            if grown is not None:
+                if grown:
+                    plot = self._extend(model_name, metric_name, grown, plot)
+                    self._plots[key] = plot
+                return plot
         series = self.series(model_name, metric_name)
         if not series:
             return None
-        key = (model_name, metric_name)
-        plot = self._draw(
-            model_name, metric_name, series, self._plots.get(key)
-        )
+        plot = self._draw(model_name, metric_name, series, plot)
         self._plots[key] = plot
+        earlier = self._earlier.get(model_name, {})
+        current = self._session.get(model_name, {})
+        self._shown[key] = {
+            source: Shown(
+                drawn, earlier, current.get(source, {}), source, metric_name
+            )
+            for source, drawn in series.items()
+        }
         return plot
+
+    def _grown(
+        self, model_name: str, metric_name: str
+    ) -> dict[str, Points] | None:
+        """The sources a plot must add points to, with those points.
+
+        Returns:
+            None when the plot must be drawn anew: a window of the last
+            epochs moved, a curve changed other than by appending, or a
+            source the plot does not show has points now.
+
+        """
+        if self.start < 0:
+            return None
+        shown = self._shown.get((model_name, metric_name), {})
+        earlier = self._earlier.get(model_name, {})
+        current = self._session.get(model_name, {})
+        grown: dict[str, Points] = {}
+        for source in self._sources(model_name):
+            curves = current.get(source, {})
+            state = shown.get(source)
+            if state is None:
+                curve = curves.get(metric_name)
+                if curve is not None and curve.epochs[-1] >= self.start:
+                    return None  # a source to show: a trace to add
+                continue
+            added = state.grow(
+                earlier, curves, source, metric_name, self.start
+            )
+            if added is None:
+                return None
+            if added:
+                grown[source] = state.points
+        return grown
 
     def _load_earlier(self, model_name: str) -> None:
         if self.metric_loader is None or model_name in self._earlier:

@@ -4,7 +4,8 @@ On a terminal they are tqdm's live bars.  Anywhere else (SLURM writes the
 job's stderr to a file) a live bar leaves carriage returns and cursor
 escapes in the log, so progress becomes plain lines instead: the running
 global metrics, the position and the rate, at most one every ``interval``
-seconds per loop, and one line per epoch with that epoch's global metrics.
+seconds (counted from the loop's start and from the last such line, of any
+loop), and one line per epoch with that epoch's global metrics.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any, TextIO
+from typing import Any, ClassVar, TextIO
 
 from typing_extensions import override
 
@@ -59,6 +60,11 @@ def _is_terminal(stream: TextIO) -> bool:
         return False
 
 
+def _rate_text(rate: float) -> str:
+    """Batches per second, readable at 0.02 and at 3,000 alike."""
+    return f'{rate:.1f}' if rate >= 1 else f'{rate:.2g}'
+
+
 def _metrics_text(metrics: Mapping[str, Any]) -> str:
     return '  '.join(f'{k}={v:.4g}' for k, v in metrics.items())
 
@@ -88,7 +94,7 @@ class TqdmLogger(Tracker):
 
     """
 
-    immediate = True
+    immediate: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -110,6 +116,7 @@ class TqdmLogger(Tracker):
         self._plain: TextIO | None = None  # the stream, when not a tty
         self._epoch_metrics: dict[str, Mapping[str, Any]] = {}
         self._end_epoch = 0
+        self._last_line = -float('inf')  # when the last progress line went
 
     def _stream(self) -> TextIO:
         return self.file if self.file is not None else sys.stderr
@@ -225,22 +232,27 @@ class TqdmLogger(Tracker):
         return _is_terminal(self._stream())
 
     def _plain_loop(self, event: log_events.IterateBatchEvent) -> None:
-        """Progress lines of one loop, throttled to one per interval."""
+        """Progress lines of one loop, throttled to one per interval.
+
+        A loop waits a whole interval before its first line (its rate
+        means little before) and after any progress line of another loop,
+        so that a loop nested in another (a test run by a hook) does not
+        double the rate of lines.
+        """
         began = _clock()
-        last = [began]
         start = event.start_batch
         total = event.num_batches
         of_total = f'/{total}' if total is not None else ''
 
         def push(metrics: Mapping[str, Any], batches_done: int) -> None:
             now = _clock()
-            if now - last[0] < self.interval:
+            if now - max(began, self._last_line) < self.interval:
                 return
-            last[0] = now
+            self._last_line = now
             rate = (batches_done - start) / max(now - began, 1e-9)
             line = (
                 f'{event.source_name} batch {batches_done}{of_total}  '
-                f'{rate:.3g} batch/s'
+                f'{_rate_text(rate)} batch/s'
             )
             if metrics:
                 line += f'  {_metrics_text(metrics)}'
@@ -268,4 +280,5 @@ class TqdmLogger(Tracker):
         self._close_epoch_bar()
         self._plain = None
         self._epoch_metrics = {}
+        self._last_line = -float('inf')
         return super().clean_up()

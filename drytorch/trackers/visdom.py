@@ -2,20 +2,22 @@
 
 The server is checked at construction, so that a wrong address fails
 before training starts rather than at the first epoch.  Each epoch sends
-only the new points of each curve.
+only the new points of each curve (``update='append'``), in one request
+when every trace grows by the same epochs, so that neither the plotter
+nor the request grows with the run.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from typing_extensions import override
 
 from drytorch.core import exceptions
 from drytorch.trackers.base_classes import MetricLoader, module_available
-from drytorch.trackers.plotting import BasePlotter, Series
+from drytorch.trackers.plotting import BasePlotter, Points, Series
 
 if TYPE_CHECKING:
     import visdom
@@ -83,8 +85,8 @@ class VisdomPlotter(BasePlotter[str]):
         self.port = port
         self.env = env
         self.viz = self._connect()
-        # per window and trace: the epochs already drawn
-        self._drawn: dict[str, dict[str, list[int]]] = {}
+        # per window: the names of the traces it holds
+        self._traces: dict[str, set[str]] = {}
 
     @override
     def _draw(
@@ -95,45 +97,45 @@ class VisdomPlotter(BasePlotter[str]):
         previous: str | None,
     ) -> str:
         win = previous or f'{model_name}-{metric_name}'
-        drawn = self._drawn.setdefault(win, {}) if previous else {}
-        self._drawn[win] = drawn
+        names = self._traces.get(win, set()) if previous else set()
+        self._traces[win] = names
         opts = self._options(model_name, metric_name)
-        appends: dict[str, Series] = {}
         for source, (epochs, values) in series.items():
-            done = drawn.get(source)
-            if done and epochs[: len(done)] == done:
-                if len(epochs) > len(done):
-                    appends[source] = (
-                        epochs[len(done) :],
-                        values[len(done) :],
-                    )
-            else:
-                # a new window, a new trace, or a curve that changed
-                update = None if not drawn else 'replace'
-                if update and source not in drawn:
-                    update = 'append'
-                self._line(win, [source], epochs, [values], update, opts)
-            drawn[source] = list(epochs)
-        if not appends:
-            return win
-        new_epochs = [epochs for epochs, _ in appends.values()]
-        if list(appends) == list(drawn) and all(
-            epochs == new_epochs[0] for epochs in new_epochs
+            # the first trace of a new window creates (or clears) it; a
+            # name the window lacks becomes a trace of its own
+            update = 'replace' if names else None
+            self._line(win, [source], epochs, [values], update, opts)
+            names.add(source)
+        return win
+
+    @override
+    def _extend(
+        self,
+        model_name: str,
+        metric_name: str,
+        grown: Mapping[str, Points],
+        plot: str,
+    ) -> str:
+        opts = self._options(model_name, metric_name)
+        tails = {source: points.tail() for source, points in grown.items()}
+        epochs = [x for x, _ in tails.values()]
+        if set(tails) == self._traces.get(plot) and all(
+            len(x) == len(epochs[0]) and (x == epochs[0]).all() for x in epochs
         ):
             # every trace grows by the same epochs: one request for all
-            values = [values for _, values in appends.values()]
-            self._line(win, [], new_epochs[0], values, 'append', opts)
-        else:
-            for source, (epochs, values) in appends.items():
-                self._line(win, [source], epochs, [values], 'append', opts)
-        return win
+            values = [y for _, y in tails.values()]
+            self._line(plot, [], epochs[0], values, 'append', opts)
+            return plot
+        for source, (x, y) in tails.items():
+            self._line(plot, [source], x, [y], 'append', opts)
+        return plot
 
     def _line(
         self,
         win: str,
         names: list[str],
-        epochs: list[int],
-        values: list[list[float]],
+        epochs: Sequence[int],
+        values: Sequence[Sequence[float]],
         update: str | None,
         opts: dict[str, object],
     ) -> None:
@@ -158,7 +160,7 @@ class VisdomPlotter(BasePlotter[str]):
         if session is not None:
             session.close()
             self.viz._session = None
-        self._drawn.clear()
+        self._traces.clear()
         return super().clean_up()
 
     def _options(self, model: str, metric: str) -> dict[str, object]:

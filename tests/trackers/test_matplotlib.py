@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import pathlib
+from unittest import mock
 
 import pytest
 
@@ -104,3 +105,35 @@ def test_test_metrics_show_as_a_point(tmp_path: pathlib.Path) -> None:
     ]
     assert test_line.get_marker() == 'o'
     assert list(test_line.get_ydata()) == [value(2, 'test')]
+
+
+def test_an_epoch_extends_the_lines_and_their_limits(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lines grow in place, limits by the new points: no relim per epoch."""
+    plotter = MatPlotter(metric_names=['loss'])
+    exp = make_experiment(tmp_path, plotter)
+    with exp.create_run():
+        emit_epochs([1])
+        figure = plotter.plot_metric('m', 'loss')
+        axes = figure.axes[0]
+        lines = axes.get_lines()
+        draws = mock.Mock(wraps=plotter._draw)
+        monkeypatch.setattr(plotter, '_draw', draws)
+        relims = mock.Mock(wraps=axes.relim)
+        monkeypatch.setattr(axes, 'relim', relims)
+        emit_epochs(range(2, 101))
+        exp.trackers.flush()
+        assert draws.call_count == 0, 'extended, not drawn again'
+        assert relims.call_count == 0, 'relim walks every point'
+    assert axes.get_lines() == lines
+    for line in lines:
+        assert list(line.get_xdata()) == list(range(1, 101))
+        assert line.get_marker() == ''
+    every = [value(e, s) for e in range(1, 101) for s in SOURCES]
+    (x0, y0), (x1, y1) = axes.dataLim.get_points()
+    assert (x0, x1) == (1, 100)
+    assert (y0, y1) == pytest.approx((min(every), max(every)))
+    path = tmp_path / 'extended.png'
+    figure.savefig(path)
+    _assert_lines_drawn(figure, path)

@@ -6,6 +6,7 @@ import pathlib
 import warnings
 from collections.abc import Mapping
 from typing import ClassVar
+from unittest import mock
 
 import pytest
 from typing_extensions import override
@@ -13,7 +14,7 @@ from typing_extensions import override
 from drytorch.core import log_events
 from drytorch.core.tracking import TrackerFailedWarning
 from drytorch.trackers.base_classes import MetricHistory, MetricLoader
-from drytorch.trackers.plotting import BasePlotter, Series
+from drytorch.trackers.plotting import BasePlotter, Points, Series
 from tests.trackers._support import emit_epochs, make_experiment, value
 
 
@@ -176,3 +177,130 @@ def test_repeated_and_late_epochs_keep_the_curve_sorted(
                 metrics={'loss': loss},
             )
     assert plotter.series('m', 'loss')['train'] == ([1, 2, 3], [1.0, 2.0, 3.5])
+
+
+class _Extending(_Recorder):
+    """Also records what each epoch appends, as a real backend would."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.extends: list[dict[str, list[int]]] = []
+
+    @override
+    def _extend(
+        self,
+        model_name: str,
+        metric_name: str,
+        grown: Mapping[str, Points],
+        plot: dict,
+    ) -> dict:
+        self.extends.append(
+            {source: p.tail()[0].tolist() for source, p in grown.items()}
+        )
+        for source, points in grown.items():
+            plot[source] = (points.x.tolist(), points.y.tolist())
+        return plot
+
+
+def test_an_epoch_hands_the_backend_only_its_new_points(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per-epoch work does not grow with the history: no redraw, no read."""
+    plotter = _Extending(metric_names=['loss'])
+    exp = make_experiment(tmp_path, plotter)
+    with exp.create_run():
+        emit_epochs([1])
+        plot = plotter.plot_metric('m', 'loss')
+        reads = mock.Mock(wraps=plotter.series)
+        monkeypatch.setattr(plotter, 'series', reads)
+        emit_epochs(range(2, 301))
+        exp.trackers.flush()
+        assert reads.call_count == 0, 'the history was read again'
+        assert plotter.draws == [('m', 'loss')], 'drawn once, then extended'
+        assert plotter.extends == [
+            {'train': [epoch], 'val': [epoch]} for epoch in range(2, 301)
+        ]
+        assert plotter.plot_metric('m', 'loss') is plot
+        assert len(plotter.extends) == 299, 'asking again adds nothing'
+    assert plot == plotter.series('m', 'loss')
+
+
+def test_changes_other_than_appends_draw_the_plot_anew(
+    tmp_path: pathlib.Path,
+) -> None:
+    plotter = _Extending(metric_names=['loss'])
+    exp = make_experiment(tmp_path, plotter)
+    with exp.create_run():
+        emit_epochs([1, 2])
+        plot = plotter.plot_metric('m', 'loss')
+        emit_epochs([3])  # appended
+        emit_epochs([2])  # a repeated epoch: a rewrite
+        emit_epochs([3], sources=['test'])  # a new source
+        emit_epochs([4])  # appended again
+        exp.trackers.flush()
+        assert plotter.draws == [('m', 'loss')] * 3
+        assert plotter.extends == [
+            {'train': [3], 'val': [3]},
+            {'train': [4], 'val': [4]},
+        ]
+        assert plot == plotter.series('m', 'loss')
+
+
+def test_a_window_of_the_last_epochs_is_drawn_at_its_size(
+    tmp_path: pathlib.Path,
+) -> None:
+    shown: list[int] = []
+
+    class _Window(_Extending):
+        @override
+        def _draw(self, model_name, metric_name, series, previous):
+            shown.append(len(series['train'][0]))
+            return super()._draw(model_name, metric_name, series, previous)
+
+    plotter = _Window(metric_names=['loss'], source_names=['train'], start=-3)
+    exp = make_experiment(tmp_path, plotter)
+    with exp.create_run():
+        emit_epochs([1])
+        plot = plotter.plot_metric('m', 'loss')
+        emit_epochs(range(2, 8))
+        exp.trackers.flush()
+        assert plot['train'][0] == [5, 6, 7]
+    assert shown == [1, 2, 3, 3, 3, 3, 3]
+    assert plotter.extends == []
+
+
+def test_a_one_off_plot_on_a_server_gives_the_window_back(
+    tmp_path: pathlib.Path,
+) -> None:
+    class _LiveExtending(_Extending):
+        live: ClassVar[bool] = True
+
+    plotter = _LiveExtending(metric_names=['loss'])
+    exp = make_experiment(tmp_path, plotter)
+    with exp.create_run():
+        emit_epochs([1, 2])
+        plotter.plot_metric('m', 'loss', source_names=['val'])
+        emit_epochs([3])
+        exp.trackers.flush()
+        # drawn live at 1, extended at 2, one-off, own plot anew at 3
+        assert len(plotter.draws) == 3
+        assert plotter.extends == [{'train': [2], 'val': [2]}]
+        own = plotter.plot_metric('m', 'loss')
+        assert own['train'][0] == [1, 2, 3]
+
+
+def test_earlier_epochs_are_cut_once_then_the_plot_grows(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The session's first epoch replaces the earlier ones: one redraw."""
+    plotter = _Extending(metric_loader=_FixedLoader(), source_names=['train'])
+    exp = make_experiment(tmp_path, plotter)
+    with exp.create_run():
+        plot = plotter.plot_metric('m', 'loss')  # earlier epochs only
+        assert plot['train'][0] == [1, 2, 3, 4, 5]
+        emit_epochs(range(3, 9), sources=['train'])
+        exp.trackers.flush()
+        assert plotter.draws == [('m', 'loss')] * 2
+        assert plotter.extends == [{'train': [e]} for e in range(4, 9)]
+        assert plot == plotter.series('m', 'loss')
+        assert plot['train'][0] == list(range(1, 9))

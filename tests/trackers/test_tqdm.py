@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import pathlib
 import re
 from typing import Any
@@ -222,7 +223,7 @@ def test_a_file_stream_gets_plain_lines_throttled_by_interval(
     expected = 0 if interval is None else 2 * 4
     assert len(progress) == expected, lines
     if progress:
-        assert progress[0].startswith('trainer batch 5/12  1 batch/s')
+        assert progress[0].startswith('trainer batch 5/12  1.0 batch/s')
         assert 'loss=0.2' in progress[0]
 
 
@@ -236,32 +237,95 @@ def test_progress_interval_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     assert TqdmLogger().interval == 2.0
 
 
-def test_a_real_training_written_to_a_file_has_no_control_characters(
-    tmp_path: pathlib.Path,
+class _TerminalLike(io.StringIO):
+    """A stream in memory that says it is a terminal, as a tty does."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def _train_small(
+    tmp_path: pathlib.Path, tracker: TqdmLogger, epochs: int = 4
 ) -> None:
+    """A real Trainer with validation, on a tiny regression."""
     import torch
 
     import drytorch
 
     inputs = torch.randn(64, 3)
     data = torch.utils.data.TensorDataset(inputs, inputs.sum(1, keepdim=True))
+    exp = experiment(tmp_path, tracker)
+    with exp.create_run():
+        model = drytorch.Model(torch.nn.Linear(3, 1), name='lin')
+        trainer = drytorch.Trainer(
+            model,
+            loader=drytorch.DataLoader(data, 8),
+            loss=drytorch.Loss('MSE'),
+            learning_schema=drytorch.LearningSchema.SGD(0.05),
+        )
+        trainer.add_validation(drytorch.DataLoader(data, 16))
+        trainer.train(epochs)
+
+
+@pytest.mark.parametrize('kind', ['file', 'memory'])
+def test_a_real_training_written_to_a_file_has_no_control_characters(
+    tmp_path: pathlib.Path, kind: str
+) -> None:
     log = tmp_path / 'job.log'
-    with log.open('w') as stream:
-        exp = experiment(tmp_path, TqdmLogger(file=stream, interval=0))
-        with exp.create_run():
-            model = drytorch.Model(torch.nn.Linear(3, 1), name='lin')
-            trainer = drytorch.Trainer(
-                model,
-                loader=drytorch.DataLoader(data, 8),
-                loss=drytorch.Loss('MSE'),
-                learning_schema=drytorch.LearningSchema.SGD(0.05),
-            )
-            trainer.add_validation(drytorch.DataLoader(data, 16))
-            trainer.train(4)
-    text = log.read_text()
+    if kind == 'file':
+        with log.open('w') as stream:
+            _train_small(tmp_path, TqdmLogger(file=stream, interval=0))
+        text = log.read_text()
+    else:
+        memory = io.StringIO()
+        _train_small(tmp_path, TqdmLogger(file=memory, interval=0))
+        text = memory.getvalue()
     assert '\r' not in text and '\x1b' not in text, repr(text)
-    epochs = [line for line in text.splitlines() if line.startswith('lin ep')]
+    lines = text.splitlines()
+    epochs = [line for line in lines if line.startswith('lin ep')]
     assert len(epochs) == 4
     for number, line in enumerate(epochs, start=1):
         assert line.startswith(f'lin epoch {number}/4 | ')
-        assert 'MSE=' in line and 'Validation' in line
+        assert re.search(r'Trainer\S*: MSE=[\d.e+-]+', line), line
+        assert re.search(r'Validation\S*: MSE=[\d.e+-]+', line), line
+    # interval 0: a progress line at every sync point, position and rate
+    progress = [line for line in lines if ' batch ' in line]
+    assert progress, lines
+    assert all(re.search(r' batch \d+/\d+  \S+ batch/s', p) for p in progress)
+
+
+def test_a_stream_that_is_a_terminal_gets_the_live_bar(
+    tmp_path: pathlib.Path,
+) -> None:
+    terminal = _TerminalLike()
+    _train_small(tmp_path, TqdmLogger(file=terminal, leave=True))
+    text = terminal.getvalue()
+    assert '\r' in text, 'tqdm redraws its bar in place'
+    assert 'lin epoch ' not in text, 'no plain lines on a terminal'
+    epochs = final_states(text, 'lin epochs')
+    assert epochs and '4/4' in epochs[-1], text
+
+
+def test_a_nested_loop_does_not_double_the_lines(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Lines of two loops at once come an interval apart, not each."""
+    clock = _Clock()
+    monkeypatch.setattr(tqdm_tracker, '_clock', clock)
+    memory = io.StringIO()
+    exp = experiment(tmp_path, TqdmLogger(file=memory, interval=10))
+    with exp.create_run():
+        outer = log_events.IterateBatchEvent(
+            source_name='trainer', batch_size=1, dataset_size=90
+        )
+        inner = log_events.IterateBatchEvent(
+            source_name='test', batch_size=1, dataset_size=90
+        )
+        for done in range(1, 91):  # 1 s apart, both loops
+            clock.now += 1.0
+            outer.update({'loss': 1.0}, done)
+            inner.update({'loss': 2.0}, done)
+    lines = memory.getvalue().splitlines()
+    # 90 s: one line every 10 s (8 after the first whole interval)
+    assert len(lines) == 9, lines
+    assert lines[0].startswith('trainer batch 10  1.0 batch/s'), lines[0]
