@@ -176,6 +176,7 @@ class EventDispatcher:
         self._worker: delivery.DeliveryWorker[_Handler] | None = None
         self.drain_timeout: float | None = None
         self.last_report = delivery.DeliveryReport()
+        self._pushing: _Handler | None = None  # progress callback running
 
     @property
     def named_trackers(self) -> dict[str, Tracker]:
@@ -253,7 +254,11 @@ class EventDispatcher:
         """
         self._live = ranks.is_rank_zero()
         self._worker = delivery.DeliveryWorker(
-            self._deliver, _handler_name, delivery.queue_size()
+            self._deliver,
+            _handler_name,
+            delivery.queue_size(),
+            on_stall=self._stalled,
+            stall_after=delivery.stall_timeout(),
         )
         EventDispatcher._active = self
         log_events.Event.set_publisher(self.publish)
@@ -387,10 +392,13 @@ class EventDispatcher:
         def guarded(metrics: Mapping[str, Any], batches_done: int) -> None:
             if self._trackers.get(handler.name) is not handler.tracker:
                 return
+            self._pushing = handler
             try:
                 push(metrics, batches_done)
             except Exception as err:  # noqa: BLE001
                 self._drop(handler, 'a progress update', err)
+            finally:
+                self._pushing = None
 
         return guarded
 
@@ -419,6 +427,39 @@ class EventDispatcher:
             tracker.clean_up()
         except Exception as clean_err:  # noqa: BLE001
             _warn_failure(name, f'also failed to clean up: {clean_err}', err)
+
+    def _stalled(
+        self, handler: _Handler, ran: float, where: tuple[str, int]
+    ) -> None:
+        """Unsubscribe a tracker whose call the worker gave up.
+
+        No clean-up: the tracker is still inside its call, on a thread of
+        its own, and its clean-up would most likely wait on the same
+        backend.
+        """
+        if handler is _UPDATES:  # one of the progress callbacks
+            pushing = self._pushing
+            if pushing is None:
+                return
+            handler = pushing
+        with self._lock:
+            if self._trackers.get(handler.name) is not handler.tracker:
+                return
+            del self._trackers[handler.name]
+            self._rebuild()
+        filename, lineno = where
+        warning = TrackerFailedWarning(
+            f'Tracker {handler.name!r} has not returned from its call for '
+            f'{ran:.1f} s (${delivery.STALL_TIMEOUT_VARIABLE}; it waits at '
+            f'{filename}:{lineno}); it is unsubscribed without clean-up, and '
+            'the run and the other trackers go on. Give its backend a '
+            'timeout of its own, or raise the variable for a backend this '
+            'slow.',
+            tracker=handler.name,
+            filename=filename,
+            lineno=lineno,
+        )
+        _warn_at(warning)
 
     def _give_up(
         self, report: delivery.DeliveryReport, timeout: float
@@ -473,6 +514,12 @@ def _warn_failure(name: str, text: str, err: BaseException) -> None:
         filename=filename,
         lineno=lineno,
     )
+    _warn_at(warning)
+
+
+def _warn_at(warning: TrackerFailedWarning) -> None:
+    """Warn as from the warning's own file and line (the tracker's)."""
+    filename, lineno = warning.filename, warning.lineno
     # warn_explicit shows nothing without a module (3.11); the file's stem
     # is what warnings.warn would derive for a module-level frame
     module = filename.rsplit('/', 1)[-1].removesuffix('.py') or 'drytorch'
