@@ -5,6 +5,8 @@ Services are started outside pytest (`.ci/run` does it):
 - SLURM: ``bash slurm/cluster/up.sh``
 - PostgreSQL: ``export DRYTORCH_TEST_PG_URL=$(bash slurm/postgres/up.sh)``
 - MPI: Open MPI's ``mpirun`` and ``mpi4py``
+- MLflow: ``export DRYTORCH_TEST_MLFLOW_URL=$(bash slurm/mlflow/up.sh)``
+  (without it, a server of the session's own; see tests/helpers)
 
 A test that asks for an absent service is skipped with the reason, unless
 ``CI_REQUIRE_SERVICES=1`` is set: then it fails, so that CI cannot go green
@@ -28,6 +30,7 @@ MARKERS = {
     'slurm': 'needs the SLURM test cluster (slurm/cluster/up.sh)',
     'mpi': 'needs Open MPI (mpirun) and mpi4py',
     'postgres': 'needs PostgreSQL (DRYTORCH_TEST_PG_URL)',
+    'mlflow': 'needs an MLflow server (DRYTORCH_TEST_MLFLOW_URL)',
     'slow': 'takes more than a few seconds',
 }
 # a test that uses one of these fixtures gets the marker without asking
@@ -35,6 +38,7 @@ FIXTURE_MARKERS = {
     'slurm_cluster': 'slurm',
     'mpirun': 'mpi',
     'pg_url': 'postgres',
+    'mlflow_url': 'mlflow',
 }
 
 
@@ -158,6 +162,15 @@ def pg_url(_pg_server_url: str) -> Iterator[str]:
             )
     finally:
         admin.dispose()
+
+
+@pytest.fixture(scope='session')
+def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a running MLflow server with a SQLite backend."""
+    from tests.helpers import mlflow_server
+
+    folder = tmp_path_factory.mktemp('mlflow')
+    yield from mlflow_server.serve(folder, _service_absent)
 
 
 @pytest.fixture(scope='session')

@@ -181,6 +181,15 @@ def trackers(names: Sequence[str]) -> list[drytorch.Tracker]:
         from drytorch.trackers.wandb import Wandb
 
         chosen.append(Wandb())
+    if 'mlflow' in names:
+        from drytorch.trackers.mlflow import MLflow
+
+        chosen.append(
+            MLflow(
+                os.environ['DRYTORCH_TEST_MLFLOW_URL'],
+                experiment=os.environ['DRYTORCH_TEST_MLFLOW_EXPERIMENT'],
+            )
+        )
     if 'yaml' in names:
         from drytorch.trackers.yaml import YamlDumper
 

@@ -1,8 +1,9 @@
 """MLflow against a real tracking server, read back through MlflowClient.
 
-The server is ``$DRYTORCH_TEST_MLFLOW_URL`` when set (``.ci/run`` starts
-one with ``slurm/mlflow/up.sh``), else one this module starts on 127.0.0.1
-with a SQLite backend.  Without mlflow the tests are skipped, or fail under
+The server is the ``mlflow_url`` fixture of ``tests/conftest.py``:
+``$DRYTORCH_TEST_MLFLOW_URL`` when set (``.ci/run`` starts one with
+``slurm/mlflow/up.sh``), else one started on 127.0.0.1 with a SQLite
+backend.  Without mlflow the tests are skipped, or fail under
 ``CI_REQUIRE_SERVICES=1``.  Each test uses an MLflow experiment of its own,
 so that they share one server without reading each other's runs.
 """
@@ -12,22 +13,16 @@ from __future__ import annotations
 import datetime
 import os
 import pathlib
-import signal
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 import warnings
-from collections.abc import Iterator
 from typing import Any, NoReturn
 
 import pytest
 
 from drytorch.core import exceptions, log_events
 from drytorch.trackers import mlflow as tracker_module
-from drytorch.trackers.base_classes import module_available
 from drytorch.trackers.mlflow import (
     RUN_KEY_TAG,
     MLflow,
@@ -35,6 +30,7 @@ from drytorch.trackers.mlflow import (
     MLflowURIError,
     mlflow_run_key,
 )
+from tests.helpers.mlflow_server import full_mlflow
 from tests.trackers._support import (
     SOURCES,
     emit_epochs,
@@ -47,7 +43,6 @@ from tests.trackers._support import (
 from tests.trackers._threads import notify_on_thread, run_events
 
 _REPO = pathlib.Path(__file__).resolve().parents[2]
-_HINT = 'export DRYTORCH_TEST_MLFLOW_URL=$(bash slurm/mlflow/up.sh)'
 
 
 def _absent(reason: str) -> NoReturn:
@@ -55,84 +50,6 @@ def _absent(reason: str) -> NoReturn:
     if os.environ.get('CI_REQUIRE_SERVICES') == '1':
         pytest.fail(f'{reason} (CI_REQUIRE_SERVICES=1)', pytrace=False)
     pytest.skip(reason)
-
-
-def _full_mlflow() -> bool:
-    """Whether the SQL store is there (mlflow, not only mlflow-skinny)."""
-    return module_available('mlflow.store.tracking.sqlalchemy_store')
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f'{url}/health', timeout=2):
-            return True
-    except (OSError, urllib.error.URLError):
-        return False
-
-
-@pytest.fixture(scope='session')
-def mlflow_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The URL of a running MLflow server with a SQLite backend."""
-    if not tracker_module.is_available():
-        _absent("mlflow is not installed (pip install 'drytorch[mlflow]')")
-    given = os.environ.get('DRYTORCH_TEST_MLFLOW_URL')
-    if given:
-        if not _answers(given):
-            _absent(f'no MLflow server answers at {given}; {_HINT}')
-        yield given.rstrip('/')
-        return
-    if not _full_mlflow():
-        _absent(f'the MLflow server needs `pip install mlflow`; or {_HINT}')
-    folder = tmp_path_factory.mktemp('mlflow')
-    port = free_port()
-    url = f'http://127.0.0.1:{port}'
-    log = folder / 'server.log'
-    with log.open('wb') as output:
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                '-m',
-                'mlflow',
-                'server',
-                '--backend-store-uri',
-                f'sqlite:///{folder / "mlflow.db"}',
-                '--artifacts-destination',
-                str(folder / 'artifacts'),
-                '--host',
-                '127.0.0.1',
-                '--port',
-                str(port),
-                '--workers',
-                '1',
-            ],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env=dict(os.environ, MLFLOW_DISABLE_TELEMETRY='true'),
-            start_new_session=True,  # its workers go with it
-        )
-    try:
-        deadline = time.monotonic() + 120  # migrations on a busy machine
-        while not _answers(url):
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f'MLflow did not start: {log.read_text()[-3000:]}')
-            time.sleep(0.2)
-        yield url
-    finally:
-        _stop(server)
-
-
-def _stop(server: subprocess.Popen[bytes]) -> None:
-    """Stop the server's process group (it started its own)."""
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
-        try:
-            os.killpg(server.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            server.wait(timeout=wait)
-            break
-        except subprocess.TimeoutExpired:
-            continue
 
 
 @pytest.fixture
@@ -144,7 +61,7 @@ def experiment() -> str:
 @pytest.fixture
 def sqlite_uri(tmp_path: pathlib.Path) -> str:
     """A local SQLite store, no server."""
-    if not tracker_module.is_available() or not _full_mlflow():
+    if not tracker_module.is_available() or not full_mlflow():
         _absent('a sqlite: store needs the full mlflow (pip install mlflow)')
     return f'sqlite:///{tmp_path / "store" / "mlflow.db"}'
 
