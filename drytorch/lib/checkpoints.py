@@ -129,8 +129,16 @@ class LocalCheckpoint:
     write to a folder at a time.
 
     Args:
-        par_dir: the folder; by default ``checkpoints`` in the run's folder,
-            so that a resumed run finds its own checkpoints.
+        par_dir: where checkpoints go; by default ``checkpoints`` in the
+            run's folder, so that a resumed run finds its own checkpoints.
+            An explicit folder (a scratch file system, say) gets the same
+            structure under it, ``<par_dir>/<experiment>/runs/<run>/<model>``,
+            so that experiments and runs sharing it never load or delete
+            each other's checkpoints; outside a run (a store opened to read
+            or export) the folder is ``<par_dir>/<model>``.
+        run_folders: False: always ``<par_dir>/<model>``, whichever run
+            is active: to start from another run's checkpoints, or to keep
+            a layout of one's own (every run then shares the folder).
         keep_last: how many of the newest end-of-epoch checkpoints to keep
             (None: all of them).
         keep_best: how many of the best-scored end-of-epoch checkpoints to
@@ -150,6 +158,7 @@ class LocalCheckpoint:
         keep_best: int = 0,
         best_is: Literal['lower', 'higher'] = 'lower',
         monitor: str | None = None,
+        run_folders: bool = True,
     ) -> None:
         housekeeping.check_retention(keep_last, keep_best, best_is)
         if monitor is not None and (
@@ -160,6 +169,7 @@ class LocalCheckpoint:
                 f'loss, got {monitor!r}.'
             )
         self._par_dir = pathlib.Path(par_dir) if par_dir else None
+        self.run_folders = run_folders
         self.model_name = ''
         self.keep_last = keep_last
         self.keep_best = keep_best
@@ -174,10 +184,17 @@ class LocalCheckpoint:
     @property
     def directory(self) -> pathlib.Path:
         """The folder of this model's checkpoints."""
-        base = self._par_dir
-        if base is None:
-            base = Experiment.get_current().run.dir / 'checkpoints'
-        return base / self.model_name
+        if self._par_dir is None:
+            run = Experiment.get_current().run
+            return run.dir / 'checkpoints' / self.model_name
+        if not self.run_folders:
+            return self._par_dir / self.model_name
+        try:
+            run = Experiment.get_current().run
+        except exceptions.NoActiveRunError:  # a store opened on its own
+            return self._par_dir / self.model_name
+        where = run.dir.relative_to(run.experiment.par_dir)
+        return self._par_dir / where / self.model_name
 
     def save(
         self,

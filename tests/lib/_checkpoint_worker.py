@@ -44,7 +44,9 @@ def main(folder: pathlib.Path) -> None:
     )
     with experiment.create_run(run_id='killed'):
         trainer = _support.make_trainer(
-            checkpoint=LocalCheckpoint(folder / 'checkpoints')
+            checkpoint=LocalCheckpoint(
+                folder / 'checkpoints', run_folders=False
+            )
         )
         trainer.train(1)
         trainer.save_checkpoint()

@@ -196,9 +196,65 @@ def test_a_new_process_resumes_from_the_surviving_checkpoint(
     shutil.copytree(killed[0] / 'checkpoints', tmp_path / 'checkpoints')
     with experiment.create_run(run_id='after'):
         trainer = _support.make_trainer(
-            checkpoint=LocalCheckpoint(tmp_path / 'checkpoints')
+            checkpoint=LocalCheckpoint(
+                tmp_path / 'checkpoints', run_folders=False
+            )
         )
         trainer.load_checkpoint()
         assert trainer.model.epoch == 1
         trainer.train(1)
         assert trainer.model.epoch == 2
+
+
+def test_experiments_and_runs_sharing_a_checkpoint_folder_stay_apart(
+    tmp_path: pathlib.Path,
+) -> None:
+    """One ``par_dir`` for every job (a scratch file system): each run's
+    checkpoints under its own experiment and run, and a resume finds its
+    own, not the newest of another run."""
+    shared = tmp_path / 'scratch'
+    trained: dict[tuple[str, str], int] = {}
+    for exp_name, run_id, epochs in (
+        ('a', 'r1', 1),
+        ('a', 'r2', 3),
+        ('b', 'r1', 2),
+    ):
+        exp: Experiment[None] = Experiment(
+            None, name=exp_name, par_dir=tmp_path / 'experiments'
+        )
+        with exp.create_run(run_id=run_id):
+            trainer = _support.make_trainer(
+                checkpoint=LocalCheckpoint(shared, keep_last=1)
+            )
+            trainer.train(epochs)
+            trained[(exp_name, run_id)] = epochs
+    for (exp_name, run_id), epochs in trained.items():
+        folder = shared / exp_name / 'runs' / run_id / 'net'
+        assert sorted(p.name for p in folder.iterdir()) == [
+            f'epoch_{epochs:06d}.pt',
+            'latest',
+        ]
+    exp = Experiment(None, name='a', par_dir=tmp_path / 'experiments')
+    with exp.create_run(run_id='r1', resume=True):
+        trainer = _support.make_trainer(
+            checkpoint=LocalCheckpoint(shared, keep_last=1)
+        )
+        trainer.load_checkpoint()
+        assert trainer.model.epoch == 1  # its own, not r2's epoch 3
+
+
+def test_run_folders_false_keeps_one_folder_for_every_run(
+    tmp_path: pathlib.Path, experiment: Experiment[Any]
+) -> None:
+    shared = tmp_path / 'pretrained'
+    with experiment.create_run(run_id='first'):
+        _support.make_trainer(
+            checkpoint=LocalCheckpoint(shared, run_folders=False)
+        ).train(2)
+    with experiment.create_run(run_id='fine-tune'):
+        trainer = _support.make_trainer(
+            checkpoint=LocalCheckpoint(shared, run_folders=False)
+        )
+        trainer.load_checkpoint()
+        assert trainer.model.epoch == 2
+    assert (shared / 'net' / 'latest').exists()
