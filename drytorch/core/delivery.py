@@ -177,6 +177,7 @@ class DeliveryWorker(Generic[_H]):
         self._on_stall = on_stall
         self._stall_after = stall_after
         self._lock = threading.Lock()  # guards _serving and _generation
+        self._put_lock = threading.Lock()
         self._generation = 0
         self._queue: queue.Queue[tuple[int, Any, Sequence[_H]]] = queue.Queue(
             maxsize
@@ -199,23 +200,32 @@ class DeliveryWorker(Generic[_H]):
         Returns False if ``timeout`` passed with the queue still full (the
         stop of a run gives one, so that a stuck tracker cannot hang it).
         """
-        if self._thread is None:
-            self._start()
-        seq = next(self._sequence)
-        entry = (seq, item, handlers)
-        try:
-            self._queue.put_nowait(entry)
-        except queue.Full:
-            began = time.perf_counter()
+        with self._put_lock:  # queue order is sequence order, any thread
+            if self._thread is None:
+                self._start()
+            seq = next(self._sequence)
+            entry = (seq, item, handlers)
             try:
-                if not self._put_waiting(entry, timeout):
-                    return False
-            finally:
-                self.report.waited_s += time.perf_counter() - began
-                self.report.waits += 1
-        self._last_put = seq
-        self.report.events += 1
+                self._queue.put_nowait(entry)
+            except queue.Full:
+                began = time.perf_counter()
+                try:
+                    if not self._put_waiting(entry, timeout):
+                        self.missed(handlers)
+                        return False
+                finally:
+                    self.report.waited_s += time.perf_counter() - began
+                    self.report.waits += 1
+            self._last_put = seq
+            self.report.events += 1
         return True
+
+    def missed(self, handlers: Sequence[_H]) -> None:
+        """Count an item that ``handlers`` will never receive."""
+        missed = self.report.undelivered
+        for handler in handlers:
+            name = self._name_of(handler)
+            missed[name] = missed.get(name, 0) + 1
 
     def on_worker(self) -> bool:
         """Whether the caller runs on the worker thread (a tracker's code)."""
@@ -359,29 +369,28 @@ class DeliveryWorker(Generic[_H]):
                 return False
             self._serving = None
         with self._done_changed:
-            self._done = seq
+            self._done = max(self._done, seq)
             self._done_changed.notify_all()
         return True
 
     def _abandon(self) -> None:
         self._abandoned = True
-        missed = self.report.undelivered
         with self._lock:
             serving = self._serving
         if serving is not None:
             handlers, index = serving.handlers, serving.index
-            self.report.stuck = self._name_of(handlers[index])
-            for handler in handlers[index:]:
-                name = self._name_of(handler)
-                missed[name] = missed.get(name, 0) + 1
+            stuck = self._name_of(handlers[index])
+            self.report.stuck = stuck
+            busy = self.report.busy_s  # the call still running counts too
+            busy[stuck] = busy.get(stuck, 0.0) + (
+                time.monotonic() - serving.began
+            )
+            self.missed(handlers[index:])
         with self._queue.mutex:
             pending = list(self._queue.queue)
         for _, item, handlers in pending:
-            if item is _CLOSE:
-                continue
-            for handler in handlers:
-                name = self._name_of(handler)
-                missed[name] = missed.get(name, 0) + 1
+            if item is not _CLOSE:
+                self.missed(handlers)
         with self._done_changed:
             self._done_changed.notify_all()
 

@@ -33,6 +33,7 @@ __all__ = [
     'TrackerAlreadySubscribedError',
     'TrackerError',
     'TrackerNotUsedError',
+    'TrackerSubscribedTwiceError',
     'WorldSizeChangedError',
 ]
 
@@ -173,6 +174,21 @@ class TrackerAlreadySubscribedError(DryTorchError, ValueError):
                 'its own: `trackers.subscribe(my_name=tracker)`.'
             )
         super().__init__(f'A tracker named {name!r} {where}')
+
+
+class TrackerSubscribedTwiceError(DryTorchError, ValueError):
+    """Raised when one tracker instance would be subscribed twice.
+
+    It would receive every event twice and clean up twice (two files
+    written over each other, a run closed before its last event).
+    """
+
+    def __init__(self, name: str, other: str) -> None:
+        super().__init__(
+            f'The tracker given as {name!r} is the same object as the one '
+            f'subscribed as {other!r}; it would receive every event twice. '
+            'Subscribe it once, or create a second instance.'
+        )
 
 
 class TrackerNotUsedError(DryTorchError):

@@ -209,9 +209,15 @@ class Run:
         """
         if self.status != 'running':
             return
-        self.status = status
         exp = self.experiment
         relayed: BaseException | None = None
+        try:
+            # trackers catch up first, so that the stop they are told of
+            # already counts an interrupt that one of them raised
+            if exp.trackers.prepare_stop() and status == 'completed':
+                status = 'failed'
+        finally:
+            self.status = status
         try:
             log_events.StopExperimentEvent(
                 exp_name=exp.name, run_id=self.id, status=status

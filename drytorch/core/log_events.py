@@ -16,6 +16,8 @@ import pathlib
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
+import numpy as np
+
 from drytorch.core import exceptions
 
 __all__ = [
@@ -65,11 +67,32 @@ def _snapshot(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {key: _snapshot(item) for key, item in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
-        return type(value)(_snapshot(item) for item in value)
+        return _rebuilt(value, [_snapshot(item) for item in value])
     detach = getattr(value, 'detach', None)  # a tensor, changed in place
     if callable(detach):
         return detach().clone()
+    if isinstance(value, np.ndarray | np.generic):
+        return value.copy()
     return value
+
+
+def _rebuilt(value: Any, items: list[Any]) -> Any:
+    """A container of ``value``'s type holding ``items``.
+
+    A named tuple takes its items as arguments; a subclass whose
+    constructor takes something else keeps its type only when the copy
+    can be made, else it becomes the plain container it derives from.
+    """
+    kind = type(value)
+    if isinstance(value, tuple) and hasattr(kind, '_make'):
+        return kind._make(items)
+    try:
+        return kind(items)
+    except Exception:
+        for base in (list, tuple, frozenset, set):
+            if isinstance(value, base):
+                return base(items)
+        raise
 
 
 def _deep_copy(value: Any) -> Any:

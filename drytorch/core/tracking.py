@@ -16,6 +16,7 @@ import copy
 import functools
 import logging
 import threading
+import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -133,17 +134,34 @@ class _Update(NamedTuple):
     batches_done: int
 
 
-def _check_trackers(pairs: list[tuple[str, Tracker]]) -> None:
-    seen: set[str] = set()
+def _check_trackers(
+    pairs: list[tuple[str, Tracker]],
+    held: Mapping[str, Tracker] | None = None,
+    default: bool = False,
+) -> None:
+    """Refuse what is not a tracker, a taken name, or an instance twice.
+
+    ``held`` are the trackers already there, which ``pairs`` join.
+    """
+    seen: dict[str, Tracker] = {}
+    names: dict[int, str] = {}
+    for name, tracker in (held or {}).items():
+        names[id(tracker)] = name
     for name, tracker in pairs:
         if not isinstance(tracker, Tracker):
             raise TypeError(
                 f'{name}={tracker!r} is not a Tracker; trackers must '
                 'subclass drytorch.core.tracking.Tracker.'
             )
-        if name in seen:
-            raise exceptions.TrackerAlreadySubscribedError(name)
-        seen.add(name)
+        if name in seen or (held is not None and name in held):
+            if held is not None and held.get(name) is tracker:
+                continue  # the same default again: nothing to do
+            raise exceptions.TrackerAlreadySubscribedError(name, default)
+        other = names.get(id(tracker))
+        if other is not None and other != name:
+            raise exceptions.TrackerSubscribedTwiceError(name, other)
+        seen[name] = tracker
+        names[id(tracker)] = name
 
 
 class EventDispatcher:
@@ -177,6 +195,7 @@ class EventDispatcher:
         self.drain_timeout: float | None = None
         self.last_report = delivery.DeliveryReport()
         self._pushing: _Handler | None = None  # progress callback running
+        self._stop_deadline: float | None = None
 
     @property
     def named_trackers(self) -> dict[str, Tracker]:
@@ -213,11 +232,11 @@ class EventDispatcher:
         """
         pairs = [(_tracker_name(t), t) for t in trackers]
         pairs += list(named.items())
-        _check_trackers(pairs)
         with self._lock:
-            for name, _ in pairs:
-                if name in self._trackers:
+            for name, tracker in pairs:
+                if self._trackers.get(name) is tracker:
                     raise exceptions.TrackerAlreadySubscribedError(name)
+            _check_trackers(pairs, self._trackers)
             for name, tracker in pairs:
                 self._trackers[name] = tracker
             self._rebuild()
@@ -263,6 +282,30 @@ class EventDispatcher:
         EventDispatcher._active = self
         log_events.Event.set_publisher(self.publish)
 
+    def prepare_stop(self) -> bool:
+        """Start the drain deadline and catch up before the stop event.
+
+        The stop event then carries the run's true status: True when a
+        background tracker raised an interrupt or exit that the training
+        thread has not seen (the run fails).  The flush, the stop event
+        and :meth:`deactivate` share one deadline, so a stuck tracker
+        delays the end of a run by the drain timeout once, not per step.
+        """
+        timeout = self.drain_timeout or delivery.drain_timeout()
+        self._stop_deadline = time.monotonic() + timeout
+        worker = self._worker
+        if worker is None:
+            return False
+        worker.flush(timeout)
+        return worker.interrupt is not None
+
+    def _left_to_stop(self) -> float:
+        """Seconds left of the drain deadline (the whole one if unset)."""
+        timeout = self.drain_timeout or delivery.drain_timeout()
+        if self._stop_deadline is None:
+            self._stop_deadline = time.monotonic() + timeout
+        return max(self._stop_deadline - time.monotonic(), 0.0)
+
     def deactivate(self) -> BaseException | None:
         """Stop receiving events; wait for the background trackers.
 
@@ -276,13 +319,19 @@ class EventDispatcher:
 
         """
         if EventDispatcher._active is self:
-            EventDispatcher._active = None
             log_events.Event.set_publisher(None)
-        worker, self._worker = self._worker, None
-        if worker is None:
-            return None
         timeout = self.drain_timeout or delivery.drain_timeout()
-        report = worker.close(timeout)
+        left = self._left_to_stop()
+        self._stop_deadline = None
+        worker = self._worker
+        if worker is None:
+            self._no_longer_active()
+            return None
+        # still the active dispatcher while it drains: a tracker that
+        # calls get_current() on a queued event finds its peers
+        report = worker.close(left)
+        self._worker = None
+        self._no_longer_active()
         self.last_report = report
         if report.undelivered:
             self._give_up(report, timeout)
@@ -296,6 +345,10 @@ class EventDispatcher:
                 delivery.QUEUE_SIZE_VARIABLE,
             )
         return worker.interrupt
+
+    def _no_longer_active(self) -> None:
+        if EventDispatcher._active is self:
+            EventDispatcher._active = None
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until the background trackers saw every published event.
@@ -334,9 +387,7 @@ class EventDispatcher:
         if isinstance(event, log_events.StopExperimentEvent):
             # bounded: a tracker stuck on a full queue must not hang the stop
             # (the drain deadline then reports what it missed)
-            worker.put(
-                event, later, self.drain_timeout or delivery.drain_timeout()
-            )
+            worker.put(event, later, self._left_to_stop())
             return
         worker.put(event, later)
         if worker.interrupt is not None:
@@ -545,10 +596,7 @@ def extend_default_trackers(
         pairs = list(trackers.items())
     else:
         pairs = [(_tracker_name(t), t) for t in trackers]
-    _check_trackers(pairs)
-    for name, tracker in pairs:
-        if name in DEFAULT_TRACKERS and DEFAULT_TRACKERS[name] is not tracker:
-            raise exceptions.TrackerAlreadySubscribedError(name, default=True)
+    _check_trackers(pairs, DEFAULT_TRACKERS, default=True)
     for name, tracker in pairs:
         DEFAULT_TRACKERS[name] = tracker
 

@@ -192,6 +192,9 @@ class MLflow(Tracker):
         self._last_step: dict[str, int] = {}
         self._sent: dict[str, int] = {}
         self._warned: set[tuple[str, str]] = set()
+        # (kind, MLflow name) -> the drytorch name it stands for
+        self._names: dict[tuple[str, str], str] = {}
+        self._warned_names: set[tuple[str, str]] = set()
 
     @functools.singledispatchmethod
     @override
@@ -211,8 +214,12 @@ class MLflow(Tracker):
             'drytorch.run_id': event.run_id,
             'drytorch.attempt': str(event.attempt),
         }
-        tags.update({_name(tag): '' for tag in event.tags})
-        params = dict(_flat_params(config_dict(event.config)))
+        for tag in event.tags:
+            tags[self._key(tag or '_', 'tag')] = ''
+        params = {
+            self._key(name, 'parameter'): text
+            for name, text in _flat_params(config_dict(event.config))
+        }
         found = self._find_run(exp_id, key) if event.resumed else None
         if found is None:
             run = self.client.create_run(
@@ -245,7 +252,7 @@ class MLflow(Tracker):
         stamp = int(time.time() * 1000)
         metrics = []
         for metric, number in event.metrics.items():
-            key = _name(f'{prefix}/{metric}')
+            key = self._key(f'{prefix}/{metric}', 'metric')
             if event.epoch <= self._last_step.get(key, -1):
                 self._skipped(key, event)
                 continue
@@ -267,9 +274,37 @@ class MLflow(Tracker):
         self._last_step.clear()
         self._sent.clear()
         self._warned.clear()
+        self._names.clear()
+        self._warned_names.clear()
         if run_id is not None:
             self.client.set_terminated(run_id, status)
         return super().clean_up()
+
+    def _key(self, name: str, kind: str) -> str:
+        """The MLflow name of ``name``, never one another name has.
+
+        Cleaning can map two names to one (``acc:top1`` and ``acc_top1``);
+        the second then gets a suffix from a digest of its own name, the
+        same in every attempt, and a warning says so once.
+        """
+        key = _name(name)
+        owner = self._names.setdefault((kind, key), name)
+        if owner == name:
+            return key
+        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        unique = f'{key[: _MAX_KEY - 9]}_{digest}'
+        known = self._names.setdefault((kind, unique), name) == name
+        if known and (kind, unique) not in self._warned_names:
+            self._warned_names.add((kind, unique))
+            warnings.warn(
+                exceptions.DryTorchWarning(
+                    f'MLflow: the {kind} {name!r} would be stored as '
+                    f'{key!r}, the name of {owner!r}; it is stored as '
+                    f'{unique!r}.'
+                ),
+                stacklevel=2,
+            )
+        return unique
 
     def _active(self) -> str:
         if self.run_id is None:
@@ -466,14 +501,14 @@ def _name(key: str) -> str:
 def _flat_params(
     config: Mapping[str, Any], prefix: str = ''
 ) -> Iterator[tuple[str, str]]:
-    """(name, text) of each leaf of a nested configuration."""
+    """(dotted name, text) of each leaf of a nested configuration."""
     for key, item in config.items():
         name = f'{prefix}{key}'
         if isinstance(item, Mapping) and item:
             yield from _flat_params(item, f'{name}.')
             continue
         text = item if isinstance(item, str) else json.dumps(item, default=str)
-        yield _name(name), text[:_MAX_PARAM_VALUE]
+        yield name, text[:_MAX_PARAM_VALUE]
 
 
 def _chunks(items: list[_T], size: int) -> Iterable[list[_T]]:

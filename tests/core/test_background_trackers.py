@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 import warnings
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import pytest
 from typing_extensions import override
 
 from drytorch import Experiment, Tracker, extend_default_trackers
 from drytorch.core import delivery, exceptions, log_events, tracking
 from tests.helpers.kernel import RecordingTracker as _Recording
+
+
+class Interval(NamedTuple):
+    """A metric value with fields of its own."""
+
+    low: float
+    high: float
 
 
 class RecordingTracker(_Recording):
@@ -135,7 +144,13 @@ def test_events_carry_a_snapshot_of_what_they_were_given() -> None:
     exp = _experiment()
     recorder = RecordingTracker()
     exp.trackers.subscribe(recorder)
-    metrics = {'loss': 1.0}
+    interval = Interval(0.1, 0.9)
+    per_class = np.array([1.0, 2.0])
+    metrics: dict[str, Any] = {
+        'loss': 1.0,
+        'interval': interval,
+        'per_class': per_class,
+    }
     metadata: dict[str, Any] = {'optimizer': {'lr': 0.1}}
     with exp.create_run():
         _metric(1, metrics)
@@ -147,9 +162,12 @@ def test_events_carry_a_snapshot_of_what_they_were_given() -> None:
             metadata=metadata,
         )
         metrics['loss'] = 99.0  # the caller reuses its objects
+        per_class[:] = -1.0
         metadata['optimizer']['lr'] = 99.0
     (event,) = recorder.of_type(log_events.MetricEvent)
-    assert event.metrics == {'loss': 1.0}
+    assert event.metrics['loss'] == 1.0
+    assert event.metrics['interval'] == Interval(0.1, 0.9)
+    assert list(event.metrics['per_class']) == [1.0, 2.0]
     (actor,) = recorder.of_type(log_events.ActorRegistrationEvent)
     assert actor.metadata == {'optimizer': {'lr': 0.1}}
 
@@ -311,11 +329,15 @@ def test_interrupt_in_a_background_tracker_reaches_the_training(
                 raise error()
 
     exp = _experiment()
-    exp.trackers.subscribe(Exiting())
+    witness = RecordingTracker()
+    exp.trackers.subscribe(Exiting(), witness=witness)
     with pytest.raises(error), exp.create_run() as run:
         log_events.EndTrainingEvent(source_name='s')
     assert run.status == 'failed'
     assert exp.registry.get(run.id).status == 'failed'
+    # the trackers are told the same status the registry holds
+    (stop,) = witness.of_type(log_events.StopExperimentEvent)
+    assert stop.status == 'failed'
 
 
 class TestDefaultsLikeSubscribe:
@@ -369,3 +391,84 @@ def test_a_stuck_tracker_on_a_full_queue_cannot_hang_the_stop(
         _metric(1, {'loss': 1.0})  # fills the queue
     assert run.status == 'completed'
     assert exp.trackers.last_report.stuck == 'GatedTracker'
+
+
+def test_a_tracker_finds_its_peers_while_the_stop_drains() -> None:
+    """A tracker that calls get_current() on events still queued when the
+    run's block ends (as a seed-style tracker that saves a final plot on
+    the stop would) finds the other trackers."""
+
+    class Asking(RecordingTracker):
+        found: list[str]
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.found = []
+
+        @functools.singledispatchmethod
+        @override
+        def notify(self, event: log_events.Event) -> None:
+            if isinstance(
+                event,
+                log_events.MetricEvent | log_events.StopExperimentEvent,
+            ):
+                peer = GatedTracker.get_current()
+                self.found.append(type(peer).__name__)
+            return super().notify(event)
+
+    exp = _experiment()
+    slow, asking = GatedTracker(), Asking()
+    exp.trackers.subscribe(slow, asking)
+    with exp.create_run():
+        for epoch in (1, 2, 3):
+            _metric(epoch, {'loss': 1.0})
+        # opens while the stop drains (or just before: either way, the
+        # asking tracker gets the metrics and the stop after the run's
+        # block has ended)
+        threading.Timer(0.3, slow.gate.set).start()
+    assert asking.found == ['GatedTracker'] * 4
+    assert [e.epoch for e in asking.of_type(log_events.MetricEvent)] == [
+        1,
+        2,
+        3,
+    ]
+
+
+def test_one_tracker_is_not_subscribed_under_two_names() -> None:
+    exp = _experiment()
+    tracker = RecordingTracker()
+    with pytest.raises(exceptions.TrackerSubscribedTwiceError, match="'x'"):
+        exp.trackers.subscribe(x=tracker, y=tracker)
+    exp.trackers.subscribe(x=tracker)
+    with pytest.raises(exceptions.TrackerSubscribedTwiceError):
+        exp.trackers.subscribe(y=tracker)
+    with pytest.raises(exceptions.TrackerSubscribedTwiceError):
+        extend_default_trackers({'a': tracker, 'b': tracker})
+    assert exp.trackers.all_names() == ['x']
+
+
+def test_the_stop_waits_one_drain_deadline_not_two(
+    monkeypatch: pytest.MonkeyPatch, gate_closed: list[GatedTracker]
+) -> None:
+    """A stuck tracker with a full queue: flush, stop event and drain share
+    the deadline (two of them would outlast SLURM's grace time)."""
+    deadline = 3.0
+    monkeypatch.setenv(delivery.DRAIN_TIMEOUT_VARIABLE, str(deadline))
+    monkeypatch.setenv(delivery.QUEUE_SIZE_VARIABLE, '1')
+    exp = _experiment()
+    stuck = GatedTracker()
+    gate_closed.append(stuck)
+    exp.trackers.subscribe(stuck)
+    run = exp.create_run().start()
+    assert stuck.entered.wait(10)
+    _metric(1, {'loss': 1.0})  # fills the queue
+    began = time.monotonic()
+    with pytest.warns(tracking.TrackerFailedWarning):
+        run.stop()
+    took = time.monotonic() - began
+    # generous: the bug took two deadlines (6 s)
+    assert took < deadline + 2.5, took
+    report = exp.trackers.last_report
+    # the start it is stuck on, the metric, and the stop never queued
+    assert report.undelivered == {'GatedTracker': 3}
+    assert report.busy_s['GatedTracker'] >= deadline

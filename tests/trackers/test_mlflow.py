@@ -350,3 +350,38 @@ def test_importing_the_tracker_imports_no_mlflow() -> None:
         env=dict(os.environ, PYTHONPATH=str(_REPO)),
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_names_that_clean_to_one_stay_apart(
+    mlflow_url: str, experiment: str, tmp_path: pathlib.Path
+) -> None:
+    config = {'a:b': 1, 'a_b': 2}
+    tracker = MLflow(mlflow_url, experiment=experiment)
+    exp = make_experiment(tmp_path, tracker, config=config)
+    with (
+        pytest.warns(exceptions.DryTorchWarning, match="'a_b'") as record,
+        exp.create_run('r'),
+    ):
+        for epoch in (1, 2):
+            log_events.MetricEvent(
+                model_name='m',
+                source_name='val',
+                epoch=epoch,
+                metrics={'acc:top1': 0.5 + epoch, 'acc_top1': 0.1 * epoch},
+            )
+    assert any('acc_top1' in str(w.message) for w in record)
+    run = _only_run(mlflow_url, experiment)
+    params = run.data.params
+    assert sorted(params.values()) == ['1', '2']
+    assert params['a_b'] == '1'  # the first comer keeps the plain name
+    metrics = sorted(run.data.metrics)
+    assert len(metrics) == 2, metrics
+    assert _history(mlflow_url, run.info.run_id, 'm/val/acc_top1') == {
+        1: 1.5,
+        2: 2.5,
+    }
+    (other,) = [key for key in metrics if key != 'm/val/acc_top1']
+    assert other.startswith('m/val/acc_top1_')
+    assert _history(mlflow_url, run.info.run_id, other) == pytest.approx(
+        {1: 0.1, 2: 0.2}
+    )
