@@ -3,6 +3,10 @@
 Services are started outside pytest (`.ci/run` does it):
 
 - SLURM: ``bash slurm/cluster/up.sh``
+- multi-node SLURM (namespaces on this machine):
+  ``export DRYTORCH_TEST_MULTINODE_CONF=$(bash slurm/multinode/up.sh)``;
+  its clients need ``SLURM_CONF`` set to that path (``multinode_env``),
+  clients without it talk to the one-node cluster
 - PostgreSQL: ``export DRYTORCH_TEST_PG_URL=$(bash slurm/postgres/up.sh)``
 - MPI: Open MPI's ``mpirun`` and ``mpi4py``
 - MLflow: ``export DRYTORCH_TEST_MLFLOW_URL=$(bash slurm/mlflow/up.sh)``
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -28,6 +33,7 @@ import pytest
 
 MARKERS = {
     'slurm': 'needs the SLURM test cluster (slurm/cluster/up.sh)',
+    'multinode': 'needs the multi-node SLURM cluster (slurm/multinode/up.sh)',
     'mpi': 'needs Open MPI (mpirun) and mpi4py',
     'postgres': 'needs PostgreSQL (DRYTORCH_TEST_PG_URL)',
     'mlflow': 'needs an MLflow server (DRYTORCH_TEST_MLFLOW_URL)',
@@ -36,6 +42,8 @@ MARKERS = {
 # a test that uses one of these fixtures gets the marker without asking
 FIXTURE_MARKERS = {
     'slurm_cluster': 'slurm',
+    'multinode_cluster': 'multinode',
+    'multinode_env': 'multinode',
     'mpirun': 'mpi',
     'pg_url': 'postgres',
     'mlflow_url': 'mlflow',
@@ -117,6 +125,103 @@ def slurm_cluster() -> SlurmCluster:
     if not state.startswith(('idle', 'mixed', 'alloc', 'completing')):
         _service_absent(f'SLURM node is {state!r}, not usable; {hint}')
     return SlurmCluster()
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+# where slurm/multinode/up.sh puts it by default
+MULTINODE_CONF = pathlib.Path('/tmp/multinode/etc/slurm.conf')
+
+
+@dataclasses.dataclass(frozen=True)
+class MultinodeCluster:
+    """The multi-node test cluster of slurm/multinode/ (one machine).
+
+    Its clients need ``SLURM_CONF=conf`` (see ``env`` and the fixture
+    ``multinode_env``); jobs inherit it. `urgent` preempts jobs in
+    `partition`, as in the one-node cluster. `node_sh` is the failure tool
+    (crash, stop, start, net-down, net-up, pids, exec), see ``node_tool``.
+    """
+
+    conf: pathlib.Path
+    nodes: tuple[str, ...]
+    partition: str = 'debug'
+    urgent: str = 'urgent'
+    node_sh: pathlib.Path = REPO / 'slurm' / 'multinode' / 'node.sh'
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """os.environ with SLURM_CONF (and node.sh's MN_BASE) set."""
+        return {
+            **os.environ,
+            'SLURM_CONF': str(self.conf),
+            'MN_BASE': str(self.conf.parent.parent),
+            **extra,
+        }
+
+    def node_tool(
+        self, action: str, node: str, *args: str, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``node.sh ACTION NODE ARGS...``; raise if it fails."""
+        return subprocess.run(
+            ['bash', str(self.node_sh), action, node, *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=True,
+        )
+
+
+@pytest.fixture(scope='session')
+def multinode_cluster() -> MultinodeCluster:
+    """The multi-node SLURM cluster, checked to answer with usable nodes."""
+    hint = (
+        'start it with `bash slurm/multinode/up.sh` (as root; it prints '
+        'the slurm.conf path for DRYTORCH_TEST_MULTINODE_CONF)'
+    )
+    if shutil.which('sinfo') is None or shutil.which('srun') is None:
+        _service_absent(f'SLURM is not installed; {hint}')
+    conf = pathlib.Path(
+        os.environ.get('DRYTORCH_TEST_MULTINODE_CONF') or MULTINODE_CONF
+    )
+    if not conf.is_file():
+        _service_absent(f'no multi-node slurm.conf at {conf}; {hint}')
+    try:
+        proc = subprocess.run(
+            ['sinfo', '-h', '-N', '-p', 'debug', '-o', '%N %T'],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env={**os.environ, 'SLURM_CONF': str(conf)},
+        )
+    except subprocess.TimeoutExpired:
+        _service_absent(f'sinfo timed out: the cluster is not up; {hint}')
+    rows = [line.split() for line in proc.stdout.splitlines() if line]
+    if proc.returncode != 0 or not rows:
+        _service_absent(
+            f'the multi-node cluster does not answer '
+            f'({proc.stderr.strip()}); {hint}'
+        )
+    bad = [
+        f'{node} {state}'
+        for node, state in rows
+        if state.endswith('*')
+        or not state.startswith(('idle', 'mixed', 'alloc', 'completing'))
+    ]
+    if bad:
+        _service_absent(f'multi-node cluster nodes not usable: {bad}; {hint}')
+    return MultinodeCluster(
+        conf=conf, nodes=tuple(sorted(node for node, _ in rows))
+    )
+
+
+@pytest.fixture
+def multinode_env(
+    multinode_cluster: MultinodeCluster, monkeypatch: pytest.MonkeyPatch
+) -> MultinodeCluster:
+    """The multi-node cluster, with SLURM_CONF set for this test only."""
+    monkeypatch.setenv('SLURM_CONF', str(multinode_cluster.conf))
+    return multinode_cluster
 
 
 @pytest.fixture(scope='session')
