@@ -32,6 +32,7 @@ import os
 import torch
 import torch.distributed as dist
 
+from drytorch.distributed import peers
 from drytorch.distributed.environment import (
     ClusterEnvironment,
     detect_environment,
@@ -125,6 +126,7 @@ def teardown_distributed(wait_for_peers_s: float = 2.0) -> None:
     """
     global _active
     _active = None
+    peers.forget_peers()
     if not (dist.is_available() and dist.is_initialized()):
         return
     if (
@@ -274,6 +276,7 @@ def _start(
             f'not taken by another job, and {environment.hint}; to wait '
             f'longer, set {TIMEOUT_VARIABLE} (seconds)',
         ) from exc
+    peers.record_peers(addr)
     # A group still up when the interpreter finalises can abort the process
     # (its threads call back into Python as it goes away); a script that
     # never tears down gets it done at exit instead.

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 from drytorch.core import exceptions, log_events
-from drytorch.distributed import ranks
+from drytorch.distributed import peers, ranks
 from drytorch.lib.loading import DataLoader
 from drytorch.lib.models import Model
 from drytorch.lib.objectives import Objective
@@ -154,7 +154,8 @@ class Evaluation(Runner):
 
     def __call__(self) -> None:
         """Run the evaluation."""
-        outcome = self.run()
+        with peers.named(lambda: f'{self.name} of {self.model.name}'):
+            outcome = self.run()
         if outcome.preempted and not outcome.finished:
             raise exceptions.PreemptedExit(
                 f'{self.name} was preempted; it will run again on resume.'

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 
 from drytorch.core import exceptions, log_events
-from drytorch.distributed import ranks
+from drytorch.distributed import peers, ranks
 from drytorch.distributed.agreement import (
     checkpoint_timeout as agreement_timeout,
 )
@@ -254,11 +254,19 @@ class Trainer(Checkpointing, Runner):
         )
         self._active = (call, end, False)
         try:
-            self._epochs(end, call)
+            with peers.named(self._where):
+                self._epochs(end, call)
         finally:
             self._active = (call, self.model.epoch, True)
             log_events.EndTrainingEvent(source_name=self.name)
         self._finish(call, end)
+
+    def _where(self) -> str:
+        """Where training is, for an error that stops it."""
+        return (
+            f'training {self.model.name} in epoch {self.model.epoch + 1}'
+            f' (of {self._active[1]})'
+        )
 
     def _finish(self, call: int, end: int) -> None:
         """Checkpoint the end of a training call.

@@ -15,6 +15,7 @@ a hang would show as a timed-out survivor.
 from __future__ import annotations
 
 import pathlib
+import socket
 
 import pytest
 
@@ -67,7 +68,11 @@ def check_survivors(
             r for r in worker.reports(process.stdout) if r['event'] == 'failed'
         ]
         assert failed, launched.describe()
-        assert failed[0]['error'].startswith('RuntimeError')
+        # named: which rank saw it, and the peer behind the transport error
+        error = failed[0]['error']
+        assert error.startswith('PeerLostError: '), error
+        assert f'rank {process.index} on {socket.gethostname()}' in error
+        assert 'training victim in epoch 1' in error, error
         assert failed[0]['at'] - signalled_at < within, failed[0]
         assert 'Traceback' in process.stderr
         delays.append(failed[0]['at'] - signalled_at)
@@ -84,6 +89,20 @@ def test_a_killed_rank_fails_the_others(
     assert launched[victim].returncode == -9, launched.describe()
     # A closed socket is noticed at once, well before the timeout.
     check_survivors(launched, victim, within=DIST_TIMEOUT)
+    # the first to notice names the victim's host and its rank (an address
+    # names a host, so every rank on it is listed; here, all but itself)
+    first = [
+        r['error']
+        for p in launched
+        if p.index != victim
+        for r in worker.reports(p.stdout)
+        if r['event'] == 'failed'
+    ]
+    assert any(
+        f'its peer on {socket.gethostname()} (ranks there: ' in e
+        and str(victim) in e.split('ranks there: ')[1].split(')')[0]
+        for e in first
+    ), first
 
 
 def test_a_frozen_rank_fails_the_others_at_the_timeout(
@@ -96,3 +115,7 @@ def test_a_frozen_rank_fails_the_others_at_the_timeout(
     # to fail timed out; a later one may instead see the first one leave.
     assert min(delays) > DIST_TIMEOUT * 0.8, delays
     assert any('Timed out' in p.stdout for p in launched), launched.describe()
+    assert any(
+        'stopped answering within the distributed timeout' in p.stdout
+        for p in launched
+    ), launched.describe()
