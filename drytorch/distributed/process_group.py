@@ -32,7 +32,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from drytorch.distributed import peers
+from drytorch.distributed import interfaces, peers
 from drytorch.distributed.environment import (
     ClusterEnvironment,
     detect_environment,
@@ -254,6 +254,8 @@ def _start(
         torch.cuda.set_device(device_id)
     addr = environment.master_addr
     port = environment.master_port
+    if backend == 'gloo':
+        _gloo_interface(environment, addr)
     host = f'[{addr}]' if ':' in addr else addr  # IPv6 literal
     try:
         dist.init_process_group(
@@ -281,6 +283,21 @@ def _start(
     # (its threads call back into Python as it goes away); a script that
     # never tears down gets it done at exit instead.
     atexit.register(teardown_distributed)
+
+
+def _gloo_interface(environment: ClusterEnvironment, addr: str) -> None:
+    """Check the interface a user named, or pick one off loopback."""
+    named = os.environ.get(interfaces.VARIABLE)
+    if named:
+        problem = interfaces.check_named(named)
+        if problem is not None:
+            raise environment.setup_error(
+                problem,
+                f'{interfaces.VARIABLE} (the interface that reaches the '
+                'other nodes, e.g. eth0 or ib0), or unset it',
+            )
+        return
+    interfaces.choose_for_gloo(addr)
 
 
 def _adopt(environment: ClusterEnvironment) -> None:
