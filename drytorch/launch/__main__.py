@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
         help='ranks per node (default: one per GPU, else 1)',
     )
     add(
+        '--tasks',
+        type=int,
+        default=None,
+        help='ranks of the whole job, instead of --tasks-per-node, e.g. '
+        '--nodes 3 --tasks 5 runs 2, 2 and 1',
+    )
+    add(
         '--cpus-per-task',
         type=int,
         default=1,
@@ -178,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             nodes=args.nodes,
             gpus_per_node=args.gpus_per_node,
             tasks_per_node=args.tasks_per_node,
+            tasks=args.tasks,
             cpus_per_task=args.cpus_per_task,
             mem=args.mem,
             timeout_min=args.timeout_min,

@@ -38,7 +38,7 @@ _OWN_SBATCH = {
     'time': 'timeout_min=',
     'nodes': 'nodes=',
     'ntasks-per-node': 'tasks_per_node=',
-    'ntasks': 'nodes= and tasks_per_node=',
+    'ntasks': 'tasks= (or nodes= and tasks_per_node=)',
     'cpus-per-task': 'cpus_per_task=',
     'gpus-per-node': 'gpus_per_node=',
     'mem': 'mem=',
@@ -62,6 +62,11 @@ class LaunchRequest:
         gpus_per_node: GPUs on each node (0: CPU only).
         tasks_per_node: processes (ranks) on each node; by default one per
             GPU, or one without GPUs.
+        tasks: processes (ranks) of the whole job, instead of
+            ``tasks_per_node``, for a count that ``nodes`` does not divide:
+            ``nodes=3, tasks=5`` puts at most ``ceil(tasks / nodes)`` = 2
+            on a node, filled in order (2, 2, 1). Every node gets at least
+            one.
         cpus_per_task: CPU cores of each task (also its torch threads).
         mem: memory per node: a number of GB, or SLURM's ``'32G'``.
         timeout_min: the job's time limit, in minutes.
@@ -83,6 +88,7 @@ class LaunchRequest:
     nodes: int = 1
     gpus_per_node: int = 0
     tasks_per_node: int | None = None
+    tasks: int | None = None
     cpus_per_task: int = 1
     mem: str | int | None = None
     timeout_min: int = 60
@@ -110,6 +116,7 @@ class LaunchRequest:
         _whole('signal_delay_s', self.signal_delay_s, 0)
         if self.tasks_per_node is not None:
             _whole('tasks_per_node', self.tasks_per_node, 1)
+        self._check_total_tasks()
         self._check_tasks_and_gpus()
         self._check_signal_delay()
         self._check_mem()
@@ -129,7 +136,13 @@ class LaunchRequest:
 
     @property
     def ntasks_per_node(self) -> int:
-        """Tasks on each node, with the default applied."""
+        """Tasks on each node, with the default applied.
+
+        With ``tasks``, the most that any node gets: ``ceil(tasks /
+        nodes)``.
+        """
+        if self.tasks is not None:
+            return -(-self.tasks // self.nodes)
         if self.tasks_per_node is not None:
             return self.tasks_per_node
         return self.gpus_per_node or 1
@@ -137,7 +150,14 @@ class LaunchRequest:
     @property
     def world_size(self) -> int:
         """Processes in the whole job."""
+        if self.tasks is not None:
+            return self.tasks
         return self.nodes * self.ntasks_per_node
+
+    @property
+    def uneven(self) -> bool:
+        """Whether the nodes get different numbers of tasks."""
+        return self.world_size != self.nodes * self.ntasks_per_node
 
     def slurm_parameters(self) -> dict[str, Any]:
         """Parameters of submitit's SlurmExecutor (its own names)."""
@@ -152,6 +172,15 @@ class LaunchRequest:
             # (JobRequeue) says otherwise
             'additional_parameters': {'requeue': True, **self._extra()},
         }
+        if self.uneven:
+            # --ntasks wins and --ntasks-per-node becomes the most per node
+            # (sbatch's rule), so the job's nodes hold ceil(tasks / nodes)
+            # tasks each and the step fills them in order: 2, 2, 1.  srun
+            # would read the inherited SLURM_NTASKS_PER_NODE=2 as a request
+            # it cannot honour and warn on every job; the allocation (and
+            # the step's SLURM_STEP_TASKS_PER_NODE) already say it all.
+            params['additional_parameters']['ntasks'] = self.world_size
+            params['setup'] = ['unset SLURM_NTASKS_PER_NODE']
         if self.gpus_per_node:
             params['gpus_per_node'] = self.gpus_per_node
         optional = {
@@ -170,24 +199,58 @@ class LaunchRequest:
         """Parameters of submitit's LocalExecutor."""
         return {
             'timeout_min': self.timeout_min,
-            'tasks_per_node': self.ntasks_per_node,
+            'tasks_per_node': self.world_size,
             'gpus_per_node': self.gpus_per_node,
             'signal_delay_s': self.signal_delay_s,
         }
 
     def describe(self) -> str:
         """One line: nodes, tasks, GPUs, where."""
-        text = (
-            f'{self.nodes} node(s) x {self.ntasks_per_node} task(s)'
-            f', {self.gpus_per_node} GPU(s) per node'
-        )
+        if self.uneven:
+            tasks = (
+                f'{self.nodes} node(s), {self.world_size} task(s) (at most '
+                f'{self.ntasks_per_node} per node)'
+            )
+        else:
+            tasks = f'{self.nodes} node(s) x {self.ntasks_per_node} task(s)'
+        text = f'{tasks}, {self.gpus_per_node} GPU(s) per node'
         if self.cluster == 'slurm':
             text += f', partition {self.partition or "(default)"}'
         return text
 
+    def _check_total_tasks(self) -> None:
+        if self.tasks is None:
+            return
+        _whole('tasks', self.tasks, 1)
+        if self.tasks_per_node is not None:
+            raise InvalidLaunchError(
+                f'tasks={self.tasks} and tasks_per_node='
+                f'{self.tasks_per_node} both set the number of ranks; give '
+                'tasks= (the whole job, spread over the nodes) or '
+                'tasks_per_node= (the same on every node), not both.'
+            )
+        if self.tasks < self.nodes:
+            raise InvalidLaunchError(
+                f'tasks={self.tasks} on nodes={self.nodes}: every node needs '
+                f'at least one task. Use nodes={self.tasks} or more tasks.'
+            )
+
     def _check_tasks_and_gpus(self) -> None:
-        gpus, tasks = self.gpus_per_node, self.tasks_per_node
-        if gpus and tasks is not None and tasks > gpus:
+        gpus = self.gpus_per_node
+        if not gpus:
+            return
+        if self.tasks is not None and self.ntasks_per_node > gpus:
+            most = self.ntasks_per_node
+            raise InvalidLaunchError(
+                f'tasks={self.tasks} on nodes={self.nodes} puts up to {most} '
+                f'tasks on a node, more than gpus_per_node={gpus}: drytorch '
+                'gives each task its own GPU (cuda:<local rank>), so '
+                f'{most - gpus} task(s) of a node would have none. Use at '
+                f'most tasks={self.nodes * gpus}, or nodes='
+                f'{-(-self.tasks // gpus)}.'
+            )
+        tasks = self.tasks_per_node
+        if tasks is not None and tasks > gpus:
             raise InvalidLaunchError(
                 f'tasks_per_node={tasks} is more than gpus_per_node={gpus}: '
                 'drytorch gives each task its own GPU (cuda:<local rank>), '

@@ -168,8 +168,15 @@ def _check_capacity(
             f'gpus_per_node or choose another partition ({where}).'
         )
     if cpus > most_cpus:
+        if request.tasks is not None:
+            tasks = (
+                f'tasks={request.tasks} on nodes={request.nodes} (up to '
+                f'{request.ntasks_per_node} per node)'
+            )
+        else:
+            tasks = f'tasks_per_node={request.ntasks_per_node}'
         raise InvalidLaunchError(
-            f'tasks_per_node={request.ntasks_per_node} x cpus_per_task='
+            f'{tasks} x cpus_per_task='
             f'{request.cpus_per_task} needs {cpus} CPUs per node, but the '
             f'nodes of partition {name!r} have at most {most_cpus}. Lower '
             'cpus_per_task or tasks_per_node (and use more nodes).'

@@ -31,6 +31,7 @@ def submit(
     nodes: int = 1,
     gpus_per_node: int = 0,
     tasks_per_node: int | None = None,
+    tasks: int | None = None,
     cpus_per_task: int = 1,
     mem: str | int | None = None,
     timeout_min: int = 60,
@@ -57,6 +58,9 @@ def submit(
         nodes: nodes of the job.
         gpus_per_node: GPUs on each node.
         tasks_per_node: ranks on each node; one per GPU by default.
+        tasks: ranks of the whole job, instead of ``tasks_per_node``, when
+            ``nodes`` does not divide them: ``nodes=3, tasks=5`` runs 2, 2
+            and 1 ranks (at most ``ceil(tasks / nodes)`` on a node).
         cpus_per_task: CPU cores (and torch threads) of each rank.
         mem: memory per node, in GB or as ``'32G'``.
         timeout_min: the time limit, in minutes.
@@ -91,6 +95,7 @@ def submit(
         nodes=nodes,
         gpus_per_node=gpus_per_node,
         tasks_per_node=tasks_per_node,
+        tasks=tasks,
         cpus_per_task=cpus_per_task,
         mem=mem,
         timeout_min=timeout_min,
@@ -125,8 +130,51 @@ def submit(
             f'The {request.cluster} executor refused the job '
             f'{request.name!r} ({request.describe()}): {err}'
         ) from err
+    if request.uneven:
+        handles = [
+            _with_tasks(h, executor.folder, request.world_size)
+            for h in handles
+        ]
+    for handle in handles:
+        _forget_earlier_job(handle)
     jobs = [SubmittedJob(h, request.cluster, request.name) for h in handles]
     return jobs if array_params is not None else jobs[0]
+
+
+def _with_tasks(handle: Any, folder: Any, count: int) -> Any:
+    """The same submitit job, with its ``count`` tasks.
+
+    submitit counts a job's tasks as nodes x ntasks_per_node, which is
+    more than ``--ntasks`` when the nodes do not divide it: it would wait
+    for the result of a task that never runs.
+    """
+    if handle.num_tasks == count:
+        return handle
+    return type(handle)(
+        folder=folder, job_id=handle.job_id, tasks=range(count)
+    )
+
+
+def _forget_earlier_job(handle: Any) -> None:
+    """Drop what submitit remembers of an earlier job with this id.
+
+    submitit's watcher, one per process for every cluster, caches the state
+    of finished jobs by id alone.  Ids come back: a process that submits to
+    a second cluster (another ``SLURM_CONF``), or to a controller whose ids
+    restarted (a cold start), gets an id that an earlier job had.  The new
+    job then looked finished at once, with the old job's state, and its
+    result was reported missing while it ran.  A job just submitted has not
+    finished, so nothing cached for its id is about it.
+    """
+    watcher = getattr(handle, 'watcher', None)
+    finished = getattr(watcher, '_finished', None)
+    info = getattr(watcher, '_info_dict', None)
+    if not isinstance(finished, set) or not isinstance(info, dict):
+        return  # another submitit: nothing known to forget
+    job_id = str(handle.job_id)
+    for key in {job_id, job_id.split('_', maxsplit=1)[0]}:
+        finished.discard(key)
+        info.pop(key, None)
 
 
 def _as_job(

@@ -26,7 +26,11 @@ from typing import ClassVar
 
 from drytorch.core.exceptions import REQUEUE_EXIT_CODE
 from drytorch.distributed import detect_environment
-from drytorch.distributed.slurm import PORT_BASE, PORT_SPAN
+from drytorch.distributed.slurm import (
+    PORT_BASE,
+    PORT_SPAN,
+    expand_tasks_per_node,
+)
 from drytorch.launch.errors import LaunchError
 
 __all__ = ['DebugTask', 'LocalTask', 'SlurmTask', 'Task']
@@ -157,7 +161,7 @@ class SlurmTask(Task):
             rank=env.global_rank,
             local_rank=env.local_rank,
             world_size=env.num_tasks,
-            local_world_size=max(env.num_tasks // nodes, 1),
+            local_world_size=_tasks_on_node(env.node, env.num_tasks, nodes),
             attempt=1 + (int(restarts) if restarts.isdecimal() else 0),
         )
 
@@ -287,6 +291,22 @@ class DebugTask(Task):
     def requeue(self) -> None:
         """Nothing to requeue: the preemption reaches the caller."""
         return None
+
+
+def _tasks_on_node(node: int, tasks: int, nodes: int) -> int:
+    """Tasks of the step on node ``node``, as SLURM distributed them.
+
+    ``nodes=3, tasks=5`` runs 2, 2 and 1 (``2(x2),1``): not ``tasks //
+    nodes`` on every node.
+    """
+    for name in ('SLURM_STEP_TASKS_PER_NODE', 'SLURM_TASKS_PER_NODE'):
+        try:
+            counts = expand_tasks_per_node(os.environ.get(name, ''))
+        except ValueError:
+            continue
+        if node < len(counts):
+            return counts[node]
+    return max(tasks // nodes, 1)
 
 
 def _read_count(path: pathlib.Path) -> int:
