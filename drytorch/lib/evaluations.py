@@ -95,6 +95,17 @@ class Evaluation(Runner):
         if self.store_outputs:
             self._local_outputs.extend(_split_samples(_detach_cpu(outputs), n))
 
+    def _idle_step(self) -> None:
+        """A forward pass on a stand-in batch, its outputs discarded.
+
+        A sharded module all-gathers its parameters in every forward pass,
+        so a rank whose shard of the data has run out must still take
+        part.  It counts nothing: the step's weight stays zero.
+        """
+        inputs, _ = unpack_batch(self.loader.stand_in(), self.name)
+        with self.model.autocast():
+            self.model(to_device(inputs, self.model.device))
+
     def run(self) -> LoopOutcome:
         """One pass; publishes the global metrics of the model's epoch.
 
@@ -109,8 +120,13 @@ class Evaluation(Runner):
         module = self.model.forward_module
         was_training = module.training
         module.eval()
+        # FSDP keeps its all-gather buffers from one pass to the next, and a
+        # tensor made in inference mode cannot be written outside it: a
+        # sharded module's first pass in inference mode would break the
+        # training passes after it
+        no_grad = torch.no_grad if self.model.sharded else torch.inference_mode
         try:
-            with torch.inference_mode():
+            with no_grad():
                 outcome = self.run_loop(plan, self._step)
         finally:
             module.train(was_training)

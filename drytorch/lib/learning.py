@@ -308,6 +308,10 @@ class LearningSchema:
         gradients.  Nothing is read back to the host, so a GPU step does
         not wait; the total norm (before clipping) is returned as a
         tensor, or ``None`` when the norm is not clipped.
+
+        A sharded module's gradients are DTensors: the norm is then the
+        global one (torch reduces the shards' partial norms), returned as
+        a plain tensor; it is replicated, so that costs no collective.
         """
         if isinstance(parameters, torch.Tensor):
             parameters = [parameters]
@@ -319,9 +323,11 @@ class LearningSchema:
             )
         if self.clip_grad_norm is None:
             return None
-        return torch.nn.utils.clip_grad_norm_(
+        norm = torch.nn.utils.clip_grad_norm_(
             parameters, self.clip_grad_norm, foreach=None
         )
+        full_tensor = getattr(norm, 'full_tensor', None)  # a DTensor's
+        return full_tensor() if full_tensor is not None else norm
 
     def describe(self) -> dict[str, Any]:
         """Readable metadata, for the run's documentation."""

@@ -237,6 +237,23 @@ class DataLoader:
                     generator.set_state(state)
                 yield batch, n
 
+    def stand_in(self) -> Any:
+        """A batch of the data set's first sample, drawing no random number.
+
+        For a forward pass that only keeps the ranks in step (a sharded
+        module's evaluation step without samples).  Loaded under a seed of
+        its own; the global generator is left as it was.
+        """
+        generator = torch.default_generator
+        state = generator.get_state()
+        generator.manual_seed(_mix(_BATCH_STREAM, self.seed, -1))
+        try:
+            return _load(
+                self.dataset, self.collate_fn, torch.zeros(1, dtype=torch.long)
+            )
+        finally:
+            generator.set_state(state)
+
     def _batch_seed(self, plan: Plan, position: int) -> int:
         return _mix(
             _BATCH_STREAM,

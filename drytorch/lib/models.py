@@ -5,22 +5,28 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
-import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
-from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 from drytorch.core import exceptions, log_events
 from drytorch.core.experimenting import Experiment
 from drytorch.distributed import agreement, ranks
+from drytorch.distributed import parallel as parallelism
 from drytorch.lib.checkpoints import LocalCheckpoint
+from drytorch.lib.compiled import (
+    COMPILED_SEGMENT,
+    plain_name,
+    unwrap_compiled,
+    without_compiled_prefix,
+)
+
+if TYPE_CHECKING:
+    from torch.distributed.fsdp import MixedPrecisionPolicy
 
 __all__ = ['Model', 'default_device']
 
-# The prefix that ``torch.compile``'s wrapper puts before every state key.
-COMPILED_PREFIX = '_orig_mod.'
 # The devices on which torch's SyncBatchNorm synchronises in training; on
 # any other (the CPU) its forward raises under a process group.
 SYNC_BATCHNORM_DEVICES = frozenset({'cuda', 'hpu', 'xpu'})
@@ -37,53 +43,6 @@ def default_device() -> torch.device:
     from drytorch.distributed.process_group import local_device
 
     return local_device()
-
-
-def _unwrap_compiled(
-    module: torch.nn.Module,
-) -> tuple[torch.nn.Module, torch.nn.Module | None]:
-    """The plain module and, if ``module`` was compiled, the compiled one.
-
-    ``torch.compile`` returns a wrapper whose state keys all start with
-    ``_orig_mod.``; a checkpoint of it would not load into the plain module
-    (nor the other way round).  Only a module that ``torch.compile`` made
-    is unwrapped: torch's compiler is then already imported, so looking it
-    up in ``sys.modules`` costs nothing and never imports it.
-    """
-    eval_frame = sys.modules.get('torch._dynamo.eval_frame')
-    optimized = getattr(eval_frame, 'OptimizedModule', None)
-    if optimized is None or not isinstance(module, optimized):
-        return module, None
-    plain = module
-    while isinstance(plain, optimized):  # compiled more than once
-        plain = plain._orig_mod
-    return plain, module
-
-
-_COMPILED_SEGMENT = '_orig_mod'
-
-
-def _plain_name(key: str) -> str:
-    """``key`` without the segments that compiled submodules add."""
-    return '.'.join(p for p in key.split('.') if p != _COMPILED_SEGMENT)
-
-
-def _without_compiled_prefix(state: dict[str, Any]) -> dict[str, Any]:
-    """A module state with the ``_orig_mod.`` prefix removed, if all have it.
-
-    Checkpoints written before models stored the plain module's state hold
-    the compiled wrapper's names; they load again this way.  The caller's
-    dictionary is left as it is.
-    """
-    if not state or not all(k.startswith(COMPILED_PREFIX) for k in state):
-        return state
-    plain = collections.OrderedDict(state)
-    metadata = getattr(state, '_metadata', None)
-    if metadata is not None:
-        plain._metadata = collections.OrderedDict(metadata)  # type: ignore[attr-defined]
-    while plain and all(k.startswith(COMPILED_PREFIX) for k in plain):
-        consume_prefix_in_state_dict_if_present(plain, COMPILED_PREFIX)
-    return plain
 
 
 class Model:
@@ -103,22 +62,54 @@ class Model:
     rank zero's buffers (:meth:`broadcast_buffers`): the metrics reported
     are those of the module that rank zero saves.
 
+    With ``parallel='fsdp'`` the module is sharded when the model is made
+    (FSDP2 replaces the parameters, so no optimizer may hold them yet):
+    each rank keeps about ``1 / world size`` of the parameters, gradients
+    and optimizer state.  Its states are then gathered for a checkpoint,
+    which holds the full state under the plain names and loads into a
+    plain module too; :meth:`state_dict` and the optimizer's states are
+    collectives there, which every rank calls.
+
     Args:
         module: the network, plain or made by ``torch.compile``.
         name: the name in logs and folders; defaults to the class name.
         device: where to put it; defaults to :func:`default_device`.
         checkpoint: where its checkpoints go; defaults to the run's folder.
         mixed_precision: run forward passes under autocast (float16 with a
-            gradient scaler on CUDA, bfloat16 on CPU).
+            gradient scaler on CUDA, bfloat16 on CPU).  With
+            ``parallel='fsdp'``, True means FSDP's own casting instead:
+            bfloat16 parameters in the forward and backward passes,
+            float32 gradient reduction and float32 shards, no autocast and
+            no gradient scaler (bfloat16 does not need one); or pass a
+            ``torch.distributed.fsdp.MixedPrecisionPolicy``.
         sync_batchnorm: under a process group, train with BatchNorm layers
             converted to ``torch.nn.SyncBatchNorm``, which normalise with
             the statistics of the global batch.  Needs a GPU (torch's
             SyncBatchNorm does not run on the CPU); in a single process it
             changes nothing.
+        parallel: how training spreads over the ranks of a process group:
+            None or ``'ddp'`` replicates the module (DDP, built at the
+            first training call); ``'fsdp'`` shards it with FSDP2's
+            ``fully_shard`` over a mesh of the model's device type (a CPU
+            mesh under gloo).  Without a process group both train the
+            plain module: there is nothing to share one process with, and
+            the script that shards on a cluster runs unchanged on a laptop
+            (``mixed_precision`` is then autocast to the policy's dtype).
+            A forced group of one (``DRYTORCH_FORCE_PROCESS_GROUP=1``)
+            shards for real, over a mesh of one, as it wraps in DDP.
+        shard: with ``'fsdp'``, the submodules sharded as units of their
+            own, each all-gathered only while it runs: module classes (a
+            class or a tuple, e.g. the transformer block) or a function of
+            a submodule.  The root is always sharded, last, and holds the
+            parameters no unit took; None shards the root alone.
 
     Raises:
         ValueError: if ``sync_batchnorm`` is asked for under a process group
-            on a device where SyncBatchNorm does not run.
+            on a device where SyncBatchNorm does not run; for an unknown
+            ``parallel``; for ``shard`` or a ``MixedPrecisionPolicy``
+            without ``parallel='fsdp'``; if ``shard`` picks no submodule;
+            for FSDP on the CPU under a group that is not gloo.
+        TypeError: for a ``shard`` or ``mixed_precision`` of a wrong type.
 
     """
 
@@ -128,8 +119,10 @@ class Model:
         name: str = '',
         device: torch.device | str | None = None,
         checkpoint: LocalCheckpoint | None = None,
-        mixed_precision: bool = False,
+        mixed_precision: bool | MixedPrecisionPolicy = False,
         sync_batchnorm: bool = False,
+        parallel: str | None = None,
+        shard: parallelism.Shard = None,
     ) -> None:
         if not isinstance(module, torch.nn.Module):
             raise TypeError(
@@ -142,7 +135,18 @@ class Model:
         self.device = torch.device(device) if device else default_device()
         self.sync_batchnorm = sync_batchnorm
         self._check_sync_batchnorm()
-        plain, compiled = _unwrap_compiled(module)
+        choice = parallelism.choose(parallel, shard, mixed_precision)
+        self.parallel = choice.kind
+        #: whether the parameters are sharded (FSDP under a process group)
+        self.sharded = choice.kind == 'fsdp' and ranks.is_distributed()
+        self._policy: MixedPrecisionPolicy | None = choice.policy
+        plain, compiled = unwrap_compiled(module)
+        #: the submodules sharded as units of their own (FSDP)
+        self.shard_units: list[str] = []
+        if choice.kind == 'fsdp':  # checked before the registration
+            self.shard_units = parallelism.shard_units(plain, choice)
+            if self.sharded:
+                parallelism.check_group(self.device)
         # moving the plain module moves the compiled one: they share it
         self.module: torch.nn.Module = plain.to(self.device)
         self.compiled = compiled
@@ -152,8 +156,25 @@ class Model:
         self.epoch = 0
         self.checkpoint = checkpoint or LocalCheckpoint()
         self.checkpoint.bind(self.name)
-        self.mixed_precision = mixed_precision
+        self.mixed_precision = bool(mixed_precision)
+        if choice.policy is not None:  # no dtype to cast to: full precision
+            self.mixed_precision = choice.policy.param_dtype is not None
         self._ddp: torch.nn.Module | None = None
+        self._class_name = type(plain).__name__  # sharding renames it
+        if self.sharded:
+            # after the registration: it documents the plain architecture
+            if self.sync_batchnorm:
+                self._convert_sync_batchnorm()
+            parallelism.shard_module(self.module, self.device, choice)
+
+    @property
+    def collective_forward(self) -> bool:
+        """Whether a forward pass is a collective (FSDP all-gathers).
+
+        Then every rank must run every forward pass, also an evaluation
+        step without samples.
+        """
+        return self.sharded
 
     @property
     def forward_module(self) -> torch.nn.Module:
@@ -165,16 +186,35 @@ class Model:
 
     @property
     def autocast_dtype(self) -> torch.dtype:
-        """The reduced precision used under ``mixed_precision``."""
+        """The reduced precision used under ``mixed_precision``.
+
+        With ``parallel='fsdp'``, the policy's parameter dtype (bfloat16
+        by default): the same as sharded training computes in.
+        """
+        policy = self._policy
+        if policy is not None and policy.param_dtype is not None:
+            return policy.param_dtype
         return torch.float16 if self.device.type == 'cuda' else torch.bfloat16
+
+    @property
+    def uses_grad_scaler(self) -> bool:
+        """Whether training scales the loss: float16 autocast on CUDA."""
+        return (
+            self.mixed_precision
+            and not self.sharded
+            and self.device.type == 'cuda'
+            and self.autocast_dtype == torch.float16
+        )
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Autocast when mixed precision is on; nothing otherwise.
 
-        A plain context object rather than a generator: it is entered at
-        every step, and a null context costs almost nothing.
+        A sharded module casts its parameters itself (FSDP's policy), so
+        it runs without autocast.  A plain context object rather than a
+        generator: it is entered at every step, and a null context costs
+        almost nothing.
         """
-        if not self.mixed_precision:
+        if not self.mixed_precision or self.sharded:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
@@ -185,21 +225,14 @@ class Model:
         first; the conversion keeps the parameter and buffer objects, so an
         optimizer built on :attr:`module` before goes on working.  A
         compiled module is wrapped as it is: DDP syncs its gradients after
-        the compiled backward pass.
+        the compiled backward pass.  A sharded module is its own wrapper.
         """
-        if not ranks.is_distributed():
+        if not ranks.is_distributed() or self.sharded:
             return self.forward_module
         if self._ddp is None:
-            from torch.nn.parallel import DistributedDataParallel
-
             if self.sync_batchnorm:
                 self._convert_sync_batchnorm()
-            device_ids = (
-                [self.device.index] if self.device.type == 'cuda' else None
-            )
-            self._ddp = DistributedDataParallel(
-                self.forward_module, device_ids=device_ids
-            )
+            self._ddp = parallelism.replicate(self.forward_module, self.device)
         return self._ddp
 
     def _check_sync_batchnorm(self) -> None:
@@ -278,12 +311,17 @@ class Model:
         """Weights and epoch count, under the plain module's names.
 
         Submodules compiled on their own (``net.encoder =
-        torch.compile(...)``) lose their ``_orig_mod.`` segment too.
+        torch.compile(...)``) lose their ``_orig_mod.`` segment too.  A
+        sharded module's full state is gathered on rank zero, on the CPU
+        (a collective: every rank calls it); other ranks get no weights.
         """
-        state = self.module.state_dict()
-        if any(_COMPILED_SEGMENT in key.split('.') for key in state):
+        if self.sharded:
+            state = parallelism.full_state_dict(self.module)
+        else:
+            state = self.module.state_dict()
+        if any(COMPILED_SEGMENT in key.split('.') for key in state):
             state = collections.OrderedDict(
-                (_plain_name(key), value) for key, value in state.items()
+                (plain_name(key), value) for key, value in state.items()
             )
         return {'module': state, 'epoch': self.epoch}
 
@@ -291,17 +329,48 @@ class Model:
         """Restore weights and epoch count.
 
         A module state saved from a compiled module before checkpoints held
-        plain names (every key prefixed ``_orig_mod.``) loads too.
+        plain names (every key prefixed ``_orig_mod.``) loads too.  A
+        sharded module takes rank zero's state, each rank its shard (a
+        collective: every rank calls it).
         """
-        incoming = _without_compiled_prefix(state['module'])
-        own = {_plain_name(k): k for k in self.module.state_dict()}
+        incoming = without_compiled_prefix(state['module'])
+        if self.sharded:
+            parallelism.load_full_state_dict(self.module, incoming)
+            self.epoch = int(state['epoch'])
+            return
+        own = {plain_name(k): k for k in self.module.state_dict()}
         if any(plain != key for plain, key in own.items()):
             # compiled submodules: plain names back to this module's own
             incoming = collections.OrderedDict(
-                (own.get(_plain_name(k), k), v) for k, v in incoming.items()
+                (own.get(plain_name(k), k), v) for k, v in incoming.items()
             )
         self.module.load_state_dict(incoming)
         self.epoch = int(state['epoch'])
+
+    def optimizer_state_dict(
+        self, optimizer: torch.optim.Optimizer
+    ) -> dict[str, Any]:
+        """``optimizer``'s state, in the plain format whatever the wrapping.
+
+        Sharded: gathered on rank zero (a collective every rank calls);
+        other ranks get an empty state.
+        """
+        if self.sharded:
+            return parallelism.full_optimizer_state_dict(
+                self.module, optimizer
+            )
+        return optimizer.state_dict()
+
+    def load_optimizer_state_dict(
+        self, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+    ) -> None:
+        """Restore a state of :meth:`optimizer_state_dict` (collective)."""
+        if self.sharded:
+            parallelism.load_full_optimizer_state_dict(
+                self.module, optimizer, state
+            )
+        else:
+            optimizer.load_state_dict(state)
 
     def _weights(self) -> LocalCheckpoint:
         """Where :meth:`save_state` writes: ``weights/`` in the checkpoints.
@@ -365,12 +434,14 @@ class Model:
         params = sum(p.numel() for p in self.module.parameters())
         return {
             'name': self.name,
-            'module': type(self.module).__name__,
+            'module': self._class_name,
             'parameters': params,
             'device': str(self.device),
             'mixed_precision': self.mixed_precision,
             'compiled': self.compiled is not None,
             'sync_batchnorm': self.sync_batchnorm,
+            'parallel': self.parallel,
+            'sharded': self.sharded,
         }
 
     def __repr__(self) -> str:

@@ -198,6 +198,8 @@ class Runner:
             self.loader.iterate(plan, start_batch), start=start_batch + 1
         ):
             if batch is None:
+                if self.model.collective_forward:
+                    self._idle_step()
                 self.accumulator.add_empty()
             else:
                 step(batch, n)
@@ -221,6 +223,13 @@ class Runner:
         outcome.steps_done = index
         outcome.total = total
         return outcome
+
+    def _idle_step(self) -> None:
+        """What a step without samples runs when forward passes are collective.
+
+        Nothing here; an evaluation runs a forward pass that it discards
+        (training steps always have samples).
+        """
 
     def _sync(
         self,

@@ -50,7 +50,11 @@ def _hooks(trainer: Trainer) -> list[Any]:
 
 
 def collect(trainer: Trainer, position: Position) -> dict[str, Any]:
-    """The full training state at ``position`` (collective: gathers)."""
+    """The full training state at ``position`` (collective: gathers).
+
+    A sharded model's weights and optimizer state are gathered here too,
+    on every rank (rank zero gets them, the writer).
+    """
     mine = {
         'rng': rng_state(trainer.model.device),
         'accumulator': trainer.accumulator.state_dict(),
@@ -64,7 +68,7 @@ def collect(trainer: Trainer, position: Position) -> dict[str, Any]:
     return {
         'format': CHECKPOINT_FORMAT,
         'model': trainer.model.state_dict(),
-        'optimizer': trainer.optimizer.state_dict(),
+        'optimizer': trainer.model.optimizer_state_dict(trainer.optimizer),
         'scaler': trainer.scaler.state_dict(),
         'base_lr': trainer.base_lr,
         'scheduler': trainer.learning_schema.scheduler,
@@ -100,7 +104,9 @@ def restore(trainer: Trainer, state: dict[str, Any]) -> Position | None:
     if position.phase == 'train' and saved_world != world:
         raise exceptions.WorldSizeChangedError(saved_world, world)
     trainer.model.load_state_dict(state['model'])
-    trainer.optimizer.load_state_dict(state['optimizer'])
+    trainer.model.load_optimizer_state_dict(
+        trainer.optimizer, state['optimizer']
+    )
     trainer.scaler.load_state_dict(state['scaler'])
     trainer.base_lr = state['base_lr']
     trainer.learning_schema = dataclasses.replace(

@@ -93,9 +93,8 @@ class Trainer(Checkpointing, Runner):
         self.loss = loss
         self.learning_schema = learning_schema
         self.optimizer = learning_schema.build_optimizer(model.module)
-        use_scaler = model.mixed_precision and model.device.type == 'cuda'
         self.scaler = torch.amp.GradScaler(
-            model.device.type, enabled=use_scaler
+            model.device.type, enabled=model.uses_grad_scaler
         )
         self.validation: Validation | None = None
         self.validation_interval = 1

@@ -20,10 +20,12 @@ Cues, which a test gives to the first attempt only:
   there; ``--step-sleep S`` makes each training step last S seconds more.
 
 ``--mixed-precision`` trains under autocast (with a gradient scaler on a
-GPU); the model goes to the GPU when there is one.
+GPU); the model goes to the GPU when there is one.  ``--parallel fsdp``
+shards the model with FSDP2 (each linear layer a unit of its own).
 
-At the end rank zero writes ``final.pt`` (model and optimiser state) in
-``--out``.  The run directory is ``<root>/Preempt/runs/<run id>``.
+At the end rank zero writes ``final.pt`` (model and optimiser state, in
+the plain format, gathered from every rank under FSDP) in ``--out``.
+The run directory is ``<root>/Preempt/runs/<run id>``.
 """
 
 from __future__ import annotations
@@ -210,6 +212,7 @@ def main(
     parser.add_argument('--val-batch-size', type=int, default=16)
     parser.add_argument('--step-sleep', type=float, default=0.0)
     parser.add_argument('--mixed-precision', action='store_true')
+    parser.add_argument('--parallel', choices=('ddp', 'fsdp'), default=None)
     parser.add_argument('--sync-every', type=int, default=None)
     parser.add_argument('--signal-at', type=int, default=0)
     parser.add_argument('--signal-phase', default='train')
@@ -239,10 +242,15 @@ def main(
         experiment.create_run(run_id=args.run_id, resume=args.resume),
     ):
         print(f'STARTED {time.time()!r}', flush=True)
+        sharding: dict[str, Any] = {}
+        if args.parallel == 'fsdp':
+            sharding['shard'] = (nn.Linear,)
         model = drytorch.Model(
             network(Cue(at, args.signal_phase, signum, args.step_sleep)),
             name='net',
             mixed_precision=args.mixed_precision,
+            parallel=args.parallel,
+            **sharding,
         )
         loss = drytorch.Loss(objectives.cross_entropy, 'CE')
         trainer = drytorch.Trainer(
@@ -263,10 +271,13 @@ def main(
                 hooks.SaveEveryEpochs(args.save_every)
             )
         trainer.train(args.epochs)
+        # gathered on every rank: collectives when the model is sharded
+        weights = model.state_dict()['module']
+        optimizer = model.optimizer_state_dict(trainer.optimizer)
         if ranks.is_rank_zero() and args.out:
             final = {
-                'model': model.module.state_dict(),
-                'optimizer': trainer.optimizer.state_dict(),
+                'model': weights,
+                'optimizer': optimizer,
                 'epoch': model.epoch,
             }
             torch.save(final, pathlib.Path(args.out) / 'final.pt')
