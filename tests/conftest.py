@@ -149,11 +149,18 @@ class MultinodeCluster:
     node_sh: pathlib.Path = REPO / 'slurm' / 'multinode' / 'node.sh'
 
     def env(self, **extra: str) -> dict[str, str]:
-        """os.environ with SLURM_CONF (and node.sh's MN_BASE) set."""
+        """os.environ with SLURM_CONF set, and node.sh's MN_* settings.
+
+        Every MN_* variable of the environment goes through (up.sh's
+        settings of a second cluster); MN_BASE and MN_PREFIX, which node.sh
+        needs to find the nodes, follow this cluster's conf and node names.
+        """
         return {
             **os.environ,
             'SLURM_CONF': str(self.conf),
             'MN_BASE': str(self.conf.parent.parent),
+            # node.sh's NODE is PREFIX + number (node2, nb2)
+            'MN_PREFIX': self.nodes[0].rstrip('0123456789'),
             **extra,
         }
 
