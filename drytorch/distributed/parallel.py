@@ -52,6 +52,7 @@ __all__ = [
     'full_state_dict',
     'load_full_optimizer_state_dict',
     'load_full_state_dict',
+    'plain_optimizer_state',
     'replicate',
     'check_group',
     'shard_module',
@@ -341,6 +342,16 @@ def full_optimizer_state_dict(
     named = get_optimizer_state_dict(
         module, optimizer, options=_full_options(loading=False)
     )
+    return plain_optimizer_state(named)
+
+
+def plain_optimizer_state(named: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer state keyed by parameter names, keyed by position.
+
+    torch.distributed.checkpoint keys states by the parameters' names; a
+    plain ``Optimizer.load_state_dict`` wants their positions in the
+    parameter groups, in order.
+    """
     groups = named.get('param_groups') or []
     position: dict[str, int] = {}
     plain_groups = []

@@ -29,6 +29,7 @@ pointer and the scan always find something.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import pathlib
 import re
@@ -41,13 +42,17 @@ import torch
 from drytorch.core import exceptions
 from drytorch.core.experimenting import Experiment
 from drytorch.core.registry import atomic_write_text
+from drytorch.distributed import agreement, ranks
 from drytorch.lib import checkpoint_housekeeping as housekeeping
+from drytorch.lib import sharded_checkpoints as sharded
+from drytorch.lib.background_saves import BackgroundSave, write_group
 
 __all__ = ['CheckpointInfo', 'CheckpointUnreadableError', 'LocalCheckpoint']
 
 LATEST = 'latest'
 
-_NAME = re.compile(r'^epoch_(\d{6,})(?:\+(\d{6,}))?\.pt$')
+_NAME = re.compile(r'^epoch_(\d{6,})(?:\+(\d{6,}))?(\.pt|\.dcp)$')
+FILE_SUFFIX = '.pt'
 
 
 @dataclasses.dataclass(frozen=True, order=True)
@@ -90,13 +95,15 @@ def _mtime(path: pathlib.Path) -> float:
         return float('-inf')
 
 
-def file_name(epoch: int, batch: int = 0) -> str:
-    """The name of the checkpoint after ``epoch`` epochs and ``batch`` more."""
-    return (
-        f'epoch_{epoch:06d}.pt'
-        if not batch
-        else (f'epoch_{epoch:06d}+{batch:06d}.pt')
+def file_name(epoch: int, batch: int = 0, suffix: str = FILE_SUFFIX) -> str:
+    """The name of the checkpoint after ``epoch`` epochs and ``batch`` more.
+
+    ``suffix`` is ``.pt`` for a file, ``.dcp`` for a folder of parts.
+    """
+    stem = (
+        f'epoch_{epoch:06d}' if not batch else f'epoch_{epoch:06d}+{batch:06d}'
     )
+    return stem + suffix
 
 
 def _fsync_dir(folder: pathlib.Path) -> None:
@@ -117,7 +124,11 @@ def _warn(message: str) -> None:
 
 
 def _ours(name: str) -> bool:
-    """Whether this class writes files named ``name``."""
+    """Whether this class writes files named ``name``.
+
+    ``<checkpoint>.old`` is a folder of parts moved aside to be replaced.
+    """
+    name = name.removesuffix(sharded.OLD)
     return bool(_NAME.match(name)) or name in (LATEST, housekeeping.SCORES)
 
 
@@ -126,7 +137,9 @@ class LocalCheckpoint:
 
     Call :meth:`save` and :meth:`clean_leftovers` on rank zero only: they
     write and delete files and hold no collectives.  Only one process may
-    write to a folder at a time.
+    write to a folder at a time.  A checkpoint in parts
+    (:meth:`save_parts`, ``sharded=True``) is written by every rank, each
+    its own part: that one, and :meth:`wait`, are collectives.
 
     Args:
         par_dir: where checkpoints go; by default ``checkpoints`` in the
@@ -139,6 +152,20 @@ class LocalCheckpoint:
         run_folders: False: always ``<par_dir>/<model>``, whichever run
             is active: to start from another run's checkpoints, or to keep
             a layout of one's own (every run then shares the folder).
+        sharded: True: each checkpoint is a folder of parts, one per rank,
+            through ``torch.distributed.checkpoint`` (see
+            :mod:`drytorch.lib.sharded_checkpoints`), instead of one file
+            that rank zero writes after gathering everything.  For models
+            that do not fit in one device's memory, and to spread the
+            writes over the ranks; such a checkpoint loads into any number
+            of ranks at an epoch boundary, and :meth:`export` turns it
+            into one file.  None (the default): single files, unless
+            ``async_checkpoint``.
+        async_checkpoint: write checkpoints in the background: a save
+            blocks training only while each rank copies its part to host
+            memory (see :mod:`drytorch.lib.background_saves`); a
+            preemption's checkpoint and the last of a training call are
+            still waited for.  Needs ``sharded``.
         keep_last: how many of the newest end-of-epoch checkpoints to keep
             (None: all of them).
         keep_best: how many of the best-scored end-of-epoch checkpoints to
@@ -159,8 +186,19 @@ class LocalCheckpoint:
         best_is: Literal['lower', 'higher'] = 'lower',
         monitor: str | None = None,
         run_folders: bool = True,
+        sharded: bool | None = None,
+        async_checkpoint: bool = False,
     ) -> None:
         housekeeping.check_retention(keep_last, keep_best, best_is)
+        if sharded is not None and not isinstance(sharded, bool):
+            raise TypeError(f'sharded must be True or False, got {sharded!r}.')
+        self._sharded_asked = sharded
+        #: whether checkpoints are folders of parts, one per rank
+        self.sharded = bool(sharded)
+        #: whether checkpoints in parts are written in the background
+        self.async_checkpoint = False
+        self.set_async(async_checkpoint)
+        self._background = BackgroundSave()
         if monitor is not None and (
             not isinstance(monitor, str) or not monitor
         ):
@@ -176,6 +214,33 @@ class LocalCheckpoint:
         self.best_is = best_is
         self.monitor = monitor
         self._cleaned: pathlib.Path | None = None
+
+    def set_async(self, async_checkpoint: bool) -> None:
+        """Write in the background, or not (``Trainer(async_checkpoint=)``).
+
+        Background writes are of checkpoints in parts: on, they turn
+        ``sharded`` on unless it was asked to be off.
+
+        Raises:
+            TypeError: if ``async_checkpoint`` is not a bool.
+            ValueError: if this store was made with ``sharded=False``.
+
+        """
+        if not isinstance(async_checkpoint, bool):
+            raise TypeError(
+                'async_checkpoint must be True or False, got '
+                f'{async_checkpoint!r}.'
+            )
+        if async_checkpoint and self._sharded_asked is False:
+            raise ValueError(
+                'async_checkpoint=True writes checkpoints in parts, and this '
+                'LocalCheckpoint has sharded=False (single files). Drop '
+                'sharded=False (a checkpoint in parts exports to one file '
+                'with `LocalCheckpoint.export`), or async_checkpoint=True.'
+            )
+        self.async_checkpoint = async_checkpoint
+        if async_checkpoint:
+            self.sharded = True
 
     def bind(self, model_name: str) -> None:
         """Attach to a model (its name is the sub-folder)."""
@@ -228,6 +293,150 @@ class LocalCheckpoint:
             os.fsync(stream.fileno())
         os.replace(tmp, final)
         _fsync_dir(folder)
+        self._publish(final, scores, value)
+        return str(final)
+
+    def save_parts(
+        self,
+        parts: dict[str, Any],
+        state: dict[str, Any],
+        epoch: int,
+        batch: int = 0,
+        *,
+        writer_pid: int,
+        score: float | None = None,
+        timeout: float | None = None,
+        background: bool = False,
+    ) -> str:
+        """Write a checkpoint in parts, one per rank (collective).
+
+        Every rank calls it with its own ``parts`` (its weights and
+        optimizer state, see :func:`~drytorch.lib.sharded_checkpoints.
+        parts_of`); ``state``, the rest, is rank zero's, and
+        ``writer_pid`` is rank zero's process id on every rank (it names
+        the temporary folder they share).  Rank zero completes the folder,
+        renames it into place, moves ``latest`` and applies the retention
+        once every part is on disk.  ``background`` returns once the
+        parts are copied to host memory and writes them on a thread (see
+        :meth:`wait`).  A write in flight is waited for first.
+
+        Returns:
+            Where the checkpoint is (or will be, when ``background``).
+
+        Raises:
+            CheckpointWriteError: on every rank, when a rank could not
+                write its part or rank zero could not complete the folder.
+
+        """
+        self.wait(timeout)
+        folder = self.directory
+        final = folder / file_name(epoch, batch, sharded.SUFFIX)
+        tmp = housekeeping.temporary_path(final, writer_pid)
+        value = None if batch else housekeeping.as_score(score)
+        payload = None
+        if ranks.is_rank_zero():
+            payload = io.BytesIO()  # copied now: training goes on
+            torch.save(state, payload)
+
+        def finish() -> str:
+            assert payload is not None
+            if self._cleaned != folder:
+                self.clean_leftovers(keep=frozenset({tmp.name}))
+            sharded.write_state(tmp, payload.getvalue())
+            scores = housekeeping.read_scores(folder, self.keep_best)
+            if scores is not None and scores.pop(final.name, None) is not None:
+                housekeeping.write_scores(folder, scores)
+            sharded.commit(tmp, final)
+            self._publish(final, scores, value)
+            return str(final)
+
+        tmp.mkdir(parents=True, exist_ok=True)
+        if background:
+            self._background.start(
+                parts,
+                tmp,
+                finish if ranks.is_rank_zero() else None,
+                timeout,
+            )
+            return str(final)
+        try:
+            sharded.write_parts(parts, tmp, write_group(timeout))
+        except Exception as err:
+            raise exceptions.CheckpointWriteError(
+                folder, f'{err.__class__.__name__}: {err}'
+            ) from err
+        return agreement.on_rank_zero(
+            finish,
+            'complete a checkpoint in parts',
+            timeout,
+            failure=lambda cause: exceptions.CheckpointWriteError(
+                folder, f'on rank zero, {cause}'
+            ),
+        )
+
+    def wait(self, timeout: float | None = None) -> str | None:
+        """Wait for the background write in flight, if any (collective).
+
+        Every rank calls it at the same point: a write that failed on any
+        rank raises ``CheckpointWriteError`` on every rank here.
+
+        Returns:
+            Where the checkpoint went, on rank zero; None elsewhere, or
+            when no write was in flight.
+
+        """
+        return self._background.wait(timeout)
+
+    @property
+    def writing(self) -> bool:
+        """Whether a background write has started and not been waited for."""
+        return self._background.pending
+
+    def export(
+        self,
+        target: str | os.PathLike[str],
+        checkpoint: CheckpointInfo | str | os.PathLike[str] | None = None,
+    ) -> pathlib.Path:
+        """One file of the single-file format from a checkpoint in parts.
+
+        ``checkpoint`` defaults to the one ``latest`` names.  Runs in one
+        process and reads every part; the file loads into a plain module
+        (``torch.load(target)['model']['module']``), and through
+        :meth:`read` as a checkpoint.  A file checkpoint is copied as is.
+
+        Raises:
+            CheckpointNotFoundError: when there is no checkpoint.
+            CheckpointUnreadableError: when the checkpoint cannot be read.
+
+        """
+        if checkpoint is None:
+            path = self.choose().path
+        elif isinstance(checkpoint, CheckpointInfo):
+            path = checkpoint.path
+        else:
+            path = pathlib.Path(checkpoint)
+        out = pathlib.Path(target)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if not path.is_dir():
+            state = self.read(path)
+            tmp = housekeeping.temporary_path(out)
+            with tmp.open('wb') as stream:
+                torch.save(state, stream)
+            os.replace(tmp, out)
+            return out
+        try:
+            return sharded.export(path, out)
+        except Exception as err:
+            raise CheckpointUnreadableError(path, err) from err
+
+    def _publish(
+        self,
+        final: pathlib.Path,
+        scores: dict[str, float] | None,
+        value: float | None,
+    ) -> None:
+        """After a checkpoint is in place: its score, ``latest``, retention."""
+        folder = final.parent
         if scores is not None and value is not None:
             scores[final.name] = value
             housekeeping.write_scores(folder, scores)
@@ -241,7 +450,6 @@ class LocalCheckpoint:
             keep_best=self.keep_best,
             best_is=self.best_is,
         )
-        return str(final)
 
     def available(self) -> list[CheckpointInfo]:
         """Complete checkpoints, oldest position first."""
@@ -251,7 +459,8 @@ class LocalCheckpoint:
         found = []
         for path in folder.iterdir():
             match = _NAME.match(path.name)
-            if match:
+            # a name of the other kind (a folder .pt) is no checkpoint
+            if match and (match.group(3) == sharded.SUFFIX) == path.is_dir():
                 batch = int(match.group(2) or 0)
                 found.append(CheckpointInfo(int(match.group(1)), batch, path))
         return sorted(found)
@@ -307,9 +516,12 @@ class LocalCheckpoint:
             else checkpoint
         )
         try:
-            state = torch.load(
-                path, map_location=map_location, weights_only=False
-            )
+            if path.is_dir():
+                state = sharded.read_state(path, map_location)
+            else:
+                state = torch.load(
+                    path, map_location=map_location, weights_only=False
+                )
         except Exception as err:
             raise CheckpointUnreadableError(path, err) from err
         if not isinstance(state, dict):
@@ -339,7 +551,10 @@ class LocalCheckpoint:
         raise exceptions.CheckpointNotFoundError(self.directory, epoch)
 
     def clean_leftovers(
-        self, *, older_than: float = housekeeping.STALE_AFTER_S
+        self,
+        *,
+        older_than: float = housekeeping.STALE_AFTER_S,
+        keep: frozenset[str] = frozenset(),
     ) -> list[pathlib.Path]:
         """Remove the temporary files of writes that were killed.
 
@@ -355,7 +570,7 @@ class LocalCheckpoint:
         """
         folder = self.directory
         removed = housekeeping.clean_leftovers(
-            folder, _ours, older_than=older_than
+            folder, _ours, older_than=older_than, keep=keep
         )
         self._cleaned = folder
         return removed
@@ -394,6 +609,14 @@ class LocalCheckpoint:
 
     def _check(self, path: pathlib.Path) -> None:
         """Raise CheckpointUnreadableError if ``path`` is surely broken."""
+        if path.is_dir():
+            if not sharded.has_parts(path):
+                problem = FileNotFoundError(
+                    f'a folder without {sharded.METADATA} or '
+                    f'{sharded.STATE_FILE}'
+                )
+                raise CheckpointUnreadableError(path, problem)
+            path = path / sharded.STATE_FILE
         try:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()

@@ -422,7 +422,12 @@ class Model:
             state, info = self._weights().load(epoch, mid_epoch=False)
         except exceptions.CheckpointNotFoundError:
             state, info = self.checkpoint.load(epoch, mid_epoch=False)
-        self.load_state_dict(state['model'])
+        if 'parts' in state:  # a checkpoint in parts (a collective)
+            from drytorch.lib import trainer_state
+
+            trainer_state.load_weights(self, state)
+        else:
+            self.load_state_dict(state['model'])
         log_events.LoadModelEvent(
             model_name=self.name,
             definition='state',

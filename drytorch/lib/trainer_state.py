@@ -18,18 +18,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import pathlib
 import warnings
 import weakref
 from typing import TYPE_CHECKING, Any
 
+import torch
 import torch.distributed as dist
 
 from drytorch.core import exceptions
 from drytorch.core.experimenting import Experiment
 from drytorch.distributed import agreement, ranks
+from drytorch.lib import sharded_checkpoints
 from drytorch.lib.resume import Position, rng_state, stream_for_rank
 
 if TYPE_CHECKING:
+    from drytorch.lib.models import Model
     from drytorch.lib.training import Trainer
 
 __all__ = [
@@ -49,15 +54,22 @@ def _hooks(trainer: Trainer) -> list[Any]:
     return [*trainer.pre_epoch_hooks, *trainer.post_epoch_hooks]
 
 
-def collect(trainer: Trainer, position: Position) -> dict[str, Any]:
+def collect(
+    trainer: Trainer, position: Position, *, in_parts: bool = False
+) -> dict[str, Any]:
     """The full training state at ``position`` (collective: gathers).
 
     A sharded model's weights and optimizer state are gathered here too,
-    on every rank (rank zero gets them, the writer).
+    on every rank (rank zero gets them, the writer).  ``in_parts`` leaves
+    them out (each rank writes its own, see ``sharded_checkpoints``):
+    the model's epoch count is then ``model_epoch``, and an optimizer that
+    has not stepped yet keeps its parameter groups here.
     """
     mine = {
         'rng': rng_state(trainer.model.device),
         'accumulator': trainer.accumulator.state_dict(),
+        # names the folder every rank writes a checkpoint in parts into
+        'pid': os.getpid(),
     }
     per_rank: list[Any] = [mine]
     if ranks.is_distributed():
@@ -65,10 +77,18 @@ def collect(trainer: Trainer, position: Position) -> dict[str, Any]:
         dist.all_gather_object(per_rank, mine)
     validation = trainer.validation
     run = Experiment.get_current().run
+    model = trainer.model
+    weights: dict[str, Any] = {'model_epoch': model.epoch}
+    if not in_parts:
+        weights = {
+            'model': model.state_dict(),
+            'optimizer': model.optimizer_state_dict(trainer.optimizer),
+        }
+    elif not trainer.optimizer.state:  # nothing in the parts
+        weights['optimizer'] = model.optimizer_state_dict(trainer.optimizer)
     return {
         'format': CHECKPOINT_FORMAT,
-        'model': trainer.model.state_dict(),
-        'optimizer': trainer.model.optimizer_state_dict(trainer.optimizer),
+        **weights,
         'scaler': trainer.scaler.state_dict(),
         'base_lr': trainer.base_lr,
         'scheduler': trainer.learning_schema.scheduler,
@@ -103,10 +123,7 @@ def restore(trainer: Trainer, state: dict[str, Any]) -> Position | None:
     saved_world = int(state['world_size'])
     if position.phase == 'train' and saved_world != world:
         raise exceptions.WorldSizeChangedError(saved_world, world)
-    trainer.model.load_state_dict(state['model'])
-    trainer.model.load_optimizer_state_dict(
-        trainer.optimizer, state['optimizer']
-    )
+    load_weights(trainer.model, state, trainer.optimizer)
     trainer.scaler.load_state_dict(state['scaler'])
     trainer.base_lr = state['base_lr']
     trainer.learning_schema = dataclasses.replace(
@@ -128,6 +145,34 @@ def restore(trainer: Trainer, state: dict[str, Any]) -> Position | None:
     if position.phase == 'done' and position.call is None:
         return None
     return position
+
+
+def load_weights(
+    model: Model,
+    state: dict[str, Any],
+    optimizer: torch.optim.Optimizer | None = None,
+) -> None:
+    """The model's (and optimizer's) state from a checkpoint of either kind.
+
+    A checkpoint in parts is read here, each rank its share in its own
+    layout (a collective: every rank calls it); a single file's state is
+    already in ``state``.
+    """
+    if 'parts' not in state:
+        model.load_state_dict(state['model'])
+        if optimizer is not None:
+            model.load_optimizer_state_dict(optimizer, state['optimizer'])
+        return
+    in_file = 'optimizer' in state  # it had not stepped
+    sharded_checkpoints.load_parts(
+        model,
+        optimizer,
+        pathlib.Path(state['parts']),
+        with_optimizer=not in_file,
+    )
+    model.epoch = int(state['model_epoch'])
+    if optimizer is not None and in_file:
+        model.load_optimizer_state_dict(optimizer, state['optimizer'])
 
 
 class ScriptState:
@@ -228,10 +273,19 @@ def _score(trainer: Trainer) -> float | None:
     return None
 
 
-def save(trainer: Trainer, position: Position) -> str:
-    """Gather, let rank zero write, and tell every rank how it went."""
-    state = collect(trainer, position)
+def save(
+    trainer: Trainer, position: Position, *, blocking: bool = False
+) -> str:
+    """Gather, let rank zero write, and tell every rank how it went.
+
+    A checkpoint in parts is written by every rank, in the background
+    when its store says so, unless ``blocking`` (a preemption's, the last
+    of a training call): that one is on disk when this returns.
+    """
     checkpoint = trainer.model.checkpoint
+    if getattr(checkpoint, 'sharded', False):
+        return _save_parts(trainer, position, blocking)
+    state = collect(trainer, position)
     score = _score(trainer)
 
     def write() -> str:
@@ -256,6 +310,32 @@ def save(trainer: Trainer, position: Position) -> str:
     )
 
 
+def _save_parts(trainer: Trainer, position: Position, blocking: bool) -> str:
+    """Every rank writes its part of the checkpoint; rank zero the rest."""
+    checkpoint = trainer.model.checkpoint
+    checkpoint.wait(trainer.checkpoint_timeout)  # before the state moves on
+    state = collect(trainer, position, in_parts=True)
+    parts = sharded_checkpoints.parts_of(trainer.model, trainer.optimizer)
+    background = checkpoint.async_checkpoint and not blocking
+    return checkpoint.save_parts(
+        parts,
+        state,
+        position.epoch,
+        position.batch,
+        writer_pid=int(state['ranks'][0]['pid']),
+        score=_score(trainer),
+        timeout=trainer.checkpoint_timeout,
+        background=background,
+    )
+
+
+def wait_for_writes(trainer: Trainer) -> None:
+    """Wait for the model's background checkpoint write (collective)."""
+    wait = getattr(trainer.model.checkpoint, 'wait', None)
+    if wait is not None:
+        wait(trainer.checkpoint_timeout)
+
+
 def choose_and_read(
     trainer: Trainer, epoch: int, *, mid_epoch: bool, required: bool
 ) -> tuple[dict[str, Any], str] | None:
@@ -268,6 +348,7 @@ def choose_and_read(
     checkpoint = trainer.model.checkpoint
     device = trainer.model.device
     mine: dict[str, Any] = {}
+    wait_for_writes(trainer)  # the checkpoint being written may be the one
 
     def choose() -> str | None:
         try:

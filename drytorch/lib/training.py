@@ -68,6 +68,9 @@ class Trainer(Checkpointing, Runner):
         checkpoint_timeout: seconds the other ranks wait for rank zero to
             write a checkpoint (default ``$DRYTORCH_CHECKPOINT_TIMEOUT`` or
             600); a failed write stops every rank at once with its cause.
+        async_checkpoint: write the model's checkpoints in the background
+            (``LocalCheckpoint(async_checkpoint=...)``, which this sets on
+            the model's store; None leaves the store's choice).
 
     """
 
@@ -81,6 +84,7 @@ class Trainer(Checkpointing, Runner):
         learning_schema: LearningSchema,
         sync_every: int | None = None,
         checkpoint_timeout: float | None = None,
+        async_checkpoint: bool | None = None,
     ) -> None:
         if not isinstance(loss, LossBase):
             raise TypeError(
@@ -104,6 +108,14 @@ class Trainer(Checkpointing, Runner):
         self.base_lr: float | dict[str, float] | None = None
         self.terminated: str | None = None
         self.checkpoint_timeout = agreement_timeout(checkpoint_timeout)
+        if async_checkpoint is not None:
+            set_async = getattr(model.checkpoint, 'set_async', None)
+            if set_async is None:
+                raise TypeError(
+                    f'async_checkpoint needs a LocalCheckpoint; the model '
+                    f'{model.name} has a {type(model.checkpoint).__name__}.'
+                )
+            set_async(async_checkpoint)
         # calls before a later one that another trainer of the same model
         # checkpointed: finished in an earlier attempt (see _auto_resume)
         self._foreign_after = 0
@@ -279,7 +291,7 @@ class Trainer(Checkpointing, Runner):
         position.finished = True
         self._last_save = (
             self._save_key(position),
-            trainer_state.save(self, position),
+            trainer_state.save(self, position, blocking=True),
         )
 
     def _epochs(self, end: int, call: int) -> None:

@@ -19,6 +19,12 @@ Cues, which a test gives to the first attempt only:
   them, so that a test can kill the process while the temporary file is
   there; ``--step-sleep S`` makes each training step last S seconds more.
 
+``--checkpoint sharded`` writes checkpoints in parts, one per rank
+(``LocalCheckpoint(sharded=True)``), ``--checkpoint async`` in parts and in
+the background; ``--slow-parts S`` makes each rank pause S seconds after
+its part is written (printing ``PART <rank> <folder>`` first), so that a
+test can kill a rank while the parts are incomplete.
+
 ``--mixed-precision`` trains under autocast (with a gradient scaler on a
 GPU); the model goes to the GPU when there is one.  ``--parallel fsdp``
 shards the model with FSDP2 (each linear layer a unit of its own).
@@ -141,6 +147,29 @@ def slow_or_stormy_save(pause: float, storm: int) -> None:
     checkpoints.torch = _CheckpointTorch(save)  # type: ignore[assignment]
 
 
+def slow_parts(pause: float) -> None:
+    """Pause after each part of a checkpoint in parts is on disk.
+
+    From the second checkpoint on: the first is then complete, the one to
+    resume from when a test kills a rank in the pause of another.
+    """
+    from torch.distributed.checkpoint import FileSystemWriter
+
+    original = FileSystemWriter.write_data
+    writes = [0]
+
+    def write_data(self: Any, plan: Any, planner: Any) -> Any:
+        written = original(self, plan, planner)
+        written.wait()
+        writes[0] += 1
+        if writes[0] > 1:
+            print(f'PART {ranks.get_rank()} {self.path}', flush=True)
+            time.sleep(pause)
+        return written
+
+    FileSystemWriter.write_data = write_data  # type: ignore[method-assign]
+
+
 class SlowTracker(drytorch.Tracker):
     """A backend that takes ``delay`` seconds over every event."""
 
@@ -224,10 +253,16 @@ def main(
     parser.add_argument('--trackers', default='csv')
     parser.add_argument('--slow-tracker', type=float, default=0.0)
     parser.add_argument('--out', default='')
+    parser.add_argument(
+        '--checkpoint', choices=('file', 'sharded', 'async'), default='file'
+    )
+    parser.add_argument('--slow-parts', type=float, default=0.0)
     args = parser.parse_args(argv)
 
     if args.storm or args.slow_save:
         slow_or_stormy_save(args.slow_save, args.storm)
+    if args.slow_parts:
+        slow_parts(args.slow_parts)
     signum = signal.Signals[f'SIG{args.signal}']
     at = args.signal_at if ranks.get_rank() == args.signal_rank else 0
     train_set, val_set = data()
@@ -250,6 +285,10 @@ def main(
             name='net',
             mixed_precision=args.mixed_precision,
             parallel=args.parallel,
+            checkpoint=checkpoints.LocalCheckpoint(
+                sharded=args.checkpoint != 'file',
+                async_checkpoint=args.checkpoint == 'async',
+            ),
             **sharding,
         )
         loss = drytorch.Loss(objectives.cross_entropy, 'CE')
