@@ -28,6 +28,7 @@ from drytorch.distributed.agreement import (
 from drytorch.distributed.preemption import watcher
 from drytorch.distributed.reduce import Flag, PackedReducer
 from drytorch.lib import trainer_state
+from drytorch.lib.accumulation import Accumulation
 from drytorch.lib.evaluations import Validation, _compute
 from drytorch.lib.learning import LearningSchema
 from drytorch.lib.loading import DataLoader
@@ -68,6 +69,19 @@ class Trainer(Checkpointing, Runner):
         checkpoint_timeout: seconds the other ranks wait for rank zero to
             write a checkpoint (default ``$DRYTORCH_CHECKPOINT_TIMEOUT`` or
             600); a failed write stops every rank at once with its cause.
+        accumulation_steps: micro-batches (loader batches) per optimizer
+            step; the losses are weighted so that a step equals one of a
+            batch ``accumulation_steps`` times larger, and under DDP the
+            gradients are all-reduced once per step.  An epoch's last
+            window may be shorter and steps on its own samples; a
+            preemption stops at a window boundary (see
+            ``drytorch.lib.accumulation`` for both choices and why).
+            Metrics and the progress bar count micro-batches.
+
+    Raises:
+        TypeError: for a ``loss`` that is not a drytorch loss, or an
+            ``accumulation_steps`` that is not a whole number.
+        ValueError: for ``accumulation_steps`` below 1.
 
     """
 
@@ -81,7 +95,9 @@ class Trainer(Checkpointing, Runner):
         learning_schema: LearningSchema,
         sync_every: int | None = None,
         checkpoint_timeout: float | None = None,
+        accumulation_steps: int = 1,
     ) -> None:
+        accumulation = Accumulation(accumulation_steps)  # checked first
         if not isinstance(loss, LossBase):
             raise TypeError(
                 f'loss must be a drytorch.Loss, got {type(loss).__name__}; '
@@ -91,6 +107,12 @@ class Trainer(Checkpointing, Runner):
             model, name, loader=loader, objective=loss, sync_every=sync_every
         )
         self.loss = loss
+        self.accumulation = accumulation
+        self.sync.stride = accumulation.steps
+        # the position of the next micro-batch in the epoch's plan, and
+        # the plan's length: which window it falls in
+        self._micro = 0
+        self._micro_total = 0
         self.learning_schema = learning_schema
         self.optimizer = learning_schema.build_optimizer(model.module)
         self.scaler = torch.amp.GradScaler(
@@ -389,6 +411,9 @@ class Trainer(Checkpointing, Runner):
         )
         self._apply_lr()
         plan = self.loader.plan(training=True, epoch=epoch)
+        self.accumulation.check_resume(start_batch)
+        self.accumulation.plan(plan)
+        self._micro, self._micro_total = start_batch, len(plan)
         self._module.train()
         outcome = self.run_loop(
             plan, self._step, start_batch=start_batch, check_finite=True
@@ -413,15 +438,40 @@ class Trainer(Checkpointing, Runner):
         return outcome
 
     def _step(self, batch: Any, n: int) -> None:
+        """One micro-batch: forward, backward, and the step of its window.
+
+        With ``accumulation_steps=1`` every batch is a window of its own.
+        """
+        position = self._micro
+        self._micro += 1
+        accumulation = self.accumulation
+        if accumulation.opens(position):
+            self.optimizer.zero_grad(set_to_none=True)
+        closes = accumulation.closes(position, self._micro_total)
         inputs, targets = unpack_batch(batch, self.name)
         device = self.model.device
         inputs = to_device(inputs, device)
         targets = to_device(targets, device)
-        with self.model.autocast():
-            outputs = self._module(inputs)
-            values = _compute(self.loss, outputs, targets, self.name)
-        loss = self.loss.criterion(values)
-        self.optimizer.zero_grad(set_to_none=True)
+        scaler = self.scaler
+        with accumulation.gradient_sync(
+            self._module, self.model.module, closes
+        ):
+            with self.model.autocast():
+                outputs = self._module(inputs)
+                values = _compute(self.loss, outputs, targets, self.name)
+            loss = self.loss.criterion(values)
+            if accumulation.steps > 1:
+                loss = loss * accumulation.weight(position)
+            if scaler.is_enabled():
+                scaler.scale(loss).backward()
+            else:
+                loss.backward()
+        if closes:
+            self._optimizer_step()
+        self.accumulator.add(values, n)
+
+    def _optimizer_step(self) -> None:
+        """Clip, then step the optimizer (and the gradient scaler)."""
         scaler = self.scaler
         schema = self.learning_schema
         clip = (
@@ -429,18 +479,15 @@ class Trainer(Checkpointing, Runner):
             or schema.clip_grad_value is not None
         )
         if scaler.is_enabled():
-            scaler.scale(loss).backward()
             if clip:
                 scaler.unscale_(self.optimizer)
                 schema.clip_gradients(self.model.module.parameters())
             scaler.step(self.optimizer)
             scaler.update()
         else:
-            loss.backward()
             if clip:
                 schema.clip_gradients(self.model.module.parameters())
             self.optimizer.step()
-        self.accumulator.add(values, n)
 
     def _validate(self, epoch: int, call: int, end: int) -> bool:
         """Validate if due; True when a preemption was signalled."""
@@ -455,4 +502,5 @@ class Trainer(Checkpointing, Runner):
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info['learning_schema'] = self.learning_schema
+        info['accumulation_steps'] = self.accumulation.steps
         return info

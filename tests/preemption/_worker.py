@@ -19,6 +19,9 @@ Cues, which a test gives to the first attempt only:
   them, so that a test can kill the process while the temporary file is
   there; ``--step-sleep S`` makes each training step last S seconds more.
 
+``--accumulation-steps K`` accumulates gradients over K batches per
+optimizer step.
+
 ``--mixed-precision`` trains under autocast (with a gradient scaler on a
 GPU); the model goes to the GPU when there is one.  ``--parallel fsdp``
 shards the model with FSDP2 (each linear layer a unit of its own).
@@ -214,6 +217,7 @@ def main(
     parser.add_argument('--mixed-precision', action='store_true')
     parser.add_argument('--parallel', choices=('ddp', 'fsdp'), default=None)
     parser.add_argument('--sync-every', type=int, default=None)
+    parser.add_argument('--accumulation-steps', type=int, default=1)
     parser.add_argument('--signal-at', type=int, default=0)
     parser.add_argument('--signal-phase', default='train')
     parser.add_argument('--signal-rank', type=int, default=0)
@@ -259,6 +263,7 @@ def main(
             loss=loss,
             learning_schema=drytorch.LearningSchema.Adam(lr=0.05),
             sync_every=args.sync_every,
+            accumulation_steps=args.accumulation_steps,
         )
         trainer.add_validation(
             drytorch.DataLoader(val_set, args.val_batch_size)
