@@ -271,13 +271,17 @@ class Runner:
         means = reduced.means(self.accumulator.names)
         if Flag.non_finite in reduced.flags:
             self._raise_non_finite(means, bad, start_batch)
-        event.update(means, index)
+        event.update(self._pushed(means), index)
         return LoopOutcome(
             means,
             index,
             preempted=Flag.preempt in reduced.flags,
             terminate=Flag.terminate in reduced.flags,
         )
+
+    def _pushed(self, means: dict[str, float]) -> dict[str, float]:
+        """What a sync point shows the progress trackers: the means here."""
+        return means
 
     def _reduce(self, flags: set[Flag], elapsed: float, steps: int) -> Reduced:
         return self.reducer.reduce(

@@ -72,6 +72,7 @@ def collect(trainer: Trainer, position: Position) -> dict[str, Any]:
         'scaler': trainer.scaler.state_dict(),
         'base_lr': trainer.base_lr,
         'scheduler': trainer.learning_schema.scheduler,
+        'optimizer_steps': trainer.optimizer_steps,
         'loader': trainer.loader.state_dict(),
         'position': dataclasses.asdict(position),
         'metrics': trainer.metrics,
@@ -109,6 +110,8 @@ def restore(trainer: Trainer, state: dict[str, Any]) -> Position | None:
     )
     trainer.scaler.load_state_dict(state['scaler'])
     trainer.base_lr = state['base_lr']
+    # a per-step schedule's argument (0 in checkpoints that predate it)
+    trainer.optimizer_steps = int(state.get('optimizer_steps', 0))
     trainer.learning_schema = dataclasses.replace(
         trainer.learning_schema, scheduler=state['scheduler']
     )

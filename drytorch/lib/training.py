@@ -113,6 +113,9 @@ class Trainer(Checkpointing, Runner):
         # the plan's length: which window it falls in
         self._micro = 0
         self._micro_total = 0
+        #: optimizer steps taken by this trainer (saved in checkpoints): a
+        #: per-step schedule's argument
+        self.optimizer_steps = 0
         self.learning_schema = learning_schema
         self.optimizer = learning_schema.build_optimizer(model.module)
         self.scaler = torch.amp.GradScaler(
@@ -193,9 +196,25 @@ class Trainer(Checkpointing, Runner):
         )
 
     def _apply_lr(self) -> None:
-        self.learning_schema.apply_learning_rate(
-            self.optimizer, self.model.epoch, base_lr=self.base_lr
-        )
+        """Set the scheduled rate: of the epoch, or of the next step."""
+        schema = self.learning_schema
+        count = self.optimizer_steps if schema.per_step else self.model.epoch
+        schema.apply_learning_rate(self.optimizer, count, base_lr=self.base_lr)
+
+    @property
+    def learning_rate(self) -> float:
+        """The rate of the first parameter group, as the optimizer has it."""
+        return float(self.optimizer.param_groups[0]['lr'])
+
+    def _pushed(self, means: dict[str, float]) -> dict[str, float]:
+        """With a per-step schedule, the rate rides with the running means.
+
+        It is no metric (never reduced, never in ``self.metrics``); the
+        progress bar and TensorBoard's batch scalars show it.
+        """
+        if not self.learning_schema.per_step:
+            return means
+        return {**means, 'lr': self.learning_rate}
 
     # ------------------------------------------------------------ training
     def train(self, n_epochs: int) -> None:
@@ -429,11 +448,16 @@ class Trainer(Checkpointing, Runner):
         self.metrics = outcome.metrics
         if outcome.terminate:
             self.terminate_requested = True
+        logged = dict(outcome.metrics)
+        if self.learning_schema.per_step:
+            # the rate of the epoch's last step: a per-epoch record of a
+            # curve that moves every step
+            logged['lr'] = self.learning_rate
         log_events.MetricEvent(
             model_name=self.model.name,
             source_name=self.name,
             epoch=epoch,
-            metrics=dict(outcome.metrics),
+            metrics=logged,
         )
         return outcome
 
@@ -471,9 +495,14 @@ class Trainer(Checkpointing, Runner):
         self.accumulator.add(values, n)
 
     def _optimizer_step(self) -> None:
-        """Clip, then step the optimizer (and the gradient scaler)."""
+        """Clip, then step the optimizer (and the gradient scaler).
+
+        A per-step schedule sets the rate of this step first.
+        """
         scaler = self.scaler
         schema = self.learning_schema
+        if schema.per_step:
+            self._apply_lr()
         clip = (
             schema.clip_grad_norm is not None
             or schema.clip_grad_value is not None
@@ -488,6 +517,7 @@ class Trainer(Checkpointing, Runner):
             if clip:
                 schema.clip_gradients(self.model.module.parameters())
             self.optimizer.step()
+        self.optimizer_steps += 1
 
     def _validate(self, epoch: int, call: int, end: int) -> bool:
         """Validate if due; True when a preemption was signalled."""

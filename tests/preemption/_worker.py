@@ -20,7 +20,9 @@ Cues, which a test gives to the first attempt only:
   there; ``--step-sleep S`` makes each training step last S seconds more.
 
 ``--accumulation-steps K`` accumulates gradients over K batches per
-optimizer step.
+optimizer step; ``--per-step-schedule`` warms up and decays the rate per
+optimizer step, and rank zero appends each step's rate to ``rates.txt``
+in ``--out``.
 
 ``--mixed-precision`` trains under autocast (with a gradient scaler on a
 GPU); the model goes to the GPU when there is one.  ``--parallel fsdp``
@@ -53,10 +55,28 @@ from typing_extensions import override
 import drytorch
 from drytorch.core import log_events
 from drytorch.distributed import ranks, teardown_distributed
-from drytorch.lib import checkpoints, hooks, objectives
+from drytorch.lib import checkpoints, hooks, objectives, schedulers
 from drytorch.trackers.csv import CSVDumper
 
 STORM = (signal.SIGUSR2, signal.SIGUSR1, signal.SIGTERM)
+# --per-step-schedule: linear warmup over 6 optimizer steps (the first
+# epoch of 6 batches), then a cosine decay over 12
+WARMUP_DECAY = (6, 12)
+
+
+def trace_rates(trainer: drytorch.Trainer, path: pathlib.Path) -> None:
+    """Append the rate of every optimizer step to ``path`` (rank zero).
+
+    Written at each step, so that a preempted attempt leaves its part.
+    """
+    if not ranks.is_rank_zero():
+        return
+
+    def record(optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        with path.open('a') as file:
+            file.write(f'{optimizer.param_groups[0]["lr"]!r}\n')
+
+    trainer.optimizer.register_step_pre_hook(record)
 
 
 class Cue(nn.Module):
@@ -218,6 +238,7 @@ def main(
     parser.add_argument('--parallel', choices=('ddp', 'fsdp'), default=None)
     parser.add_argument('--sync-every', type=int, default=None)
     parser.add_argument('--accumulation-steps', type=int, default=1)
+    parser.add_argument('--per-step-schedule', action='store_true')
     parser.add_argument('--signal-at', type=int, default=0)
     parser.add_argument('--signal-phase', default='train')
     parser.add_argument('--signal-rank', type=int, default=0)
@@ -257,11 +278,22 @@ def main(
             **sharding,
         )
         loss = drytorch.Loss(objectives.cross_entropy, 'CE')
+        scheduler: schedulers.AbstractScheduler = (
+            schedulers.ConstantScheduler()
+        )
+        if args.per_step_schedule:
+            scheduler = (
+                schedulers.CosineScheduler(WARMUP_DECAY[1])
+                .with_warmup(WARMUP_DECAY[0])
+                .per_step()
+            )
         trainer = drytorch.Trainer(
             model,
             loader=drytorch.DataLoader(train_set, args.batch_size, seed=3),
             loss=loss,
-            learning_schema=drytorch.LearningSchema.Adam(lr=0.05),
+            learning_schema=drytorch.LearningSchema.Adam(
+                lr=0.05, scheduler=scheduler
+            ),
             sync_every=args.sync_every,
             accumulation_steps=args.accumulation_steps,
         )
@@ -271,6 +303,8 @@ def main(
         trainer.post_epoch_hooks.append(
             hooks.ReduceLROnPlateau(patience=1, factor=0.5)
         )
+        if args.per_step_schedule and args.out:
+            trace_rates(trainer, pathlib.Path(args.out) / 'rates.txt')
         if args.save_every:
             trainer.post_epoch_hooks.append(
                 hooks.SaveEveryEpochs(args.save_every)
