@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -17,6 +18,7 @@ from drytorch.distributed import parallel as parallelism
 from drytorch.lib.checkpoints import LocalCheckpoint
 from drytorch.lib.compiled import (
     COMPILED_SEGMENT,
+    compile_options,
     plain_name,
     unwrap_compiled,
     without_compiled_prefix,
@@ -102,6 +104,12 @@ class Model:
             class or a tuple, e.g. the transformer block) or a function of
             a submodule.  The root is always sharded, last, and holds the
             parameters no unit took; None shards the root alone.
+        compile: run ``torch.compile`` on the module (after it is moved
+            and, with FSDP, sharded); a dict gives ``torch.compile``'s
+            arguments (``{'mode': 'reduce-overhead'}``).  As with a module
+            compiled by hand, states, checkpoints, DDP's parameters,
+            evaluation and hooks see the plain module and its names, so a
+            checkpoint loads into a plain module.
 
     Raises:
         ValueError: if ``sync_batchnorm`` is asked for under a process group
@@ -109,7 +117,9 @@ class Model:
             ``parallel``; for ``shard`` or a ``MixedPrecisionPolicy``
             without ``parallel='fsdp'``; if ``shard`` picks no submodule;
             for FSDP on the CPU under a group that is not gloo.
-        TypeError: for a ``shard`` or ``mixed_precision`` of a wrong type.
+        TypeError: for a ``shard`` or ``mixed_precision`` of a wrong type;
+            for a ``compile`` that is neither a bool nor a dict of
+            ``torch.compile`` arguments.
 
     """
 
@@ -123,6 +133,7 @@ class Model:
         sync_batchnorm: bool = False,
         parallel: str | None = None,
         shard: parallelism.Shard = None,
+        compile: bool | Mapping[str, Any] = False,
     ) -> None:
         if not isinstance(module, torch.nn.Module):
             raise TypeError(
@@ -141,6 +152,13 @@ class Model:
         self.sharded = choice.kind == 'fsdp' and ranks.is_distributed()
         self._policy: MixedPrecisionPolicy | None = choice.policy
         plain, compiled = unwrap_compiled(module)
+        options = compile_options(compile)
+        if options is not None and compiled is not None:
+            raise ValueError(
+                f'compile={compile!r} asks to compile a module that '
+                'torch.compile made already. Pass the plain module with '
+                'compile=, or the compiled one without it.'
+            )
         #: the submodules sharded as units of their own (FSDP)
         self.shard_units: list[str] = []
         if choice.kind == 'fsdp':  # checked before the registration
@@ -166,6 +184,9 @@ class Model:
             if self.sync_batchnorm:
                 self._convert_sync_batchnorm()
             parallelism.shard_module(self.module, self.device, choice)
+        if options is not None:
+            # after sharding: FSDP2 hooks the module, which dynamo traces
+            self.compiled = torch.compile(self.module, **options)
 
     @property
     def collective_forward(self) -> bool:

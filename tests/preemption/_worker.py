@@ -22,7 +22,8 @@ Cues, which a test gives to the first attempt only:
 ``--accumulation-steps K`` accumulates gradients over K batches per
 optimizer step; ``--per-step-schedule`` warms up and decays the rate per
 optimizer step, and rank zero appends each step's rate to ``rates.txt``
-in ``--out``.
+in ``--out``.  ``--compile`` compiles the model with inductor
+(``Model(compile=...)``).
 
 ``--mixed-precision`` trains under autocast (with a gradient scaler on a
 GPU); the model goes to the GPU when there is one.  ``--parallel fsdp``
@@ -239,6 +240,7 @@ def main(
     parser.add_argument('--sync-every', type=int, default=None)
     parser.add_argument('--accumulation-steps', type=int, default=1)
     parser.add_argument('--per-step-schedule', action='store_true')
+    parser.add_argument('--compile', action='store_true')
     parser.add_argument('--signal-at', type=int, default=0)
     parser.add_argument('--signal-phase', default='train')
     parser.add_argument('--signal-rank', type=int, default=0)
@@ -270,11 +272,18 @@ def main(
         sharding: dict[str, Any] = {}
         if args.parallel == 'fsdp':
             sharding['shard'] = (nn.Linear,)
+        cue = Cue(at, args.signal_phase, signum, args.step_sleep)
+        if args.compile:
+            # the cue counts passes in Python: compiled, every count would
+            # recompile, past torch's recompile limit, after which dynamo
+            # runs the module eagerly; it runs eagerly, the layers compiled
+            cue.forward = torch.compiler.disable(cue.forward)  # type: ignore[method-assign]
         model = drytorch.Model(
-            network(Cue(at, args.signal_phase, signum, args.step_sleep)),
+            network(cue),
             name='net',
             mixed_precision=args.mixed_precision,
             parallel=args.parallel,
+            compile=args.compile,
             **sharding,
         )
         loss = drytorch.Loss(objectives.cross_entropy, 'CE')
