@@ -81,7 +81,8 @@ class Trainer(Checkpointing, Runner):
     Raises:
         TypeError: for a ``loss`` that is not a drytorch loss, or an
             ``accumulation_steps`` that is not a whole number.
-        ValueError: for ``accumulation_steps`` below 1.
+        ValueError: for ``accumulation_steps`` below 1, or above 1 with a
+            model made with DDP's ``static_graph=True``.
 
     """
 
@@ -98,6 +99,18 @@ class Trainer(Checkpointing, Runner):
         accumulation_steps: int = 1,
     ) -> None:
         accumulation = Accumulation(accumulation_steps)  # checked first
+        if accumulation.steps > 1 and model.ddp_options.static_graph:
+            # DDP's static graph expects every backward pass to reduce:
+            # under no_sync torch fails an internal assertion in the first
+            # backward.  Refused here, in one process too, before a job
+            # waits in the queue.
+            raise ValueError(
+                f'accumulation_steps={accumulation.steps} skips the '
+                'gradient all-reduce (no_sync) on all but the last batch '
+                f'of a window, which DDP with static_graph=True does not '
+                f'support. Make {model.name!r} with static_graph=False, or '
+                'use accumulation_steps=1.'
+            )
         if not isinstance(loss, LossBase):
             raise TypeError(
                 f'loss must be a drytorch.Loss, got {type(loss).__name__}; '
