@@ -26,20 +26,26 @@ takes to load.  In worker processes, whose streams serve nobody else,
 ``random`` and numpy are seeded per batch too, and the workers' own base
 seed comes from a generator of (seed, epoch, rank, start position) rather
 than from the global one, which torch would otherwise consume.
+
+Workers (``num_workers > 0``) start for each pass, or once for every pass
+with ``persistent_workers=True``: the plan of a pass travels to them with
+each batch (see ``drytorch.lib.worker_pool``), so the same batches come
+out either way.  ``pin_memory`` pins every batch, in this process too,
+when there is a GPU to copy to.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import numpy as np
 import torch
 import torch.utils.data as torch_data
 
 from drytorch.distributed import ranks
+from drytorch.lib.worker_pool import WorkerPool
 
 __all__ = ['DataLoader', 'Plan']
 
@@ -95,7 +101,20 @@ class DataLoader:
         collate_fn: turns a list of items into a batch.
         num_workers: worker processes of the underlying torch loader
             (0 loads in this process).
-        pin_memory: pin host memory for faster copies to a GPU.
+        pin_memory: pin the batches' host memory, for asynchronous copies
+            to a GPU (in this process too); nothing without a GPU.
+        persistent_workers: keep the worker processes from one pass to
+            the next (epochs and evaluations), instead of starting them
+            for each pass; :meth:`close` stops them.
+        prefetch_factor: batches each worker loads ahead (None: torch's
+            default, 2).
+
+    Raises:
+        ValueError: for a ``batch_size``, ``num_workers`` or
+            ``prefetch_factor`` that is not a positive integer, an empty
+            data set, or ``persistent_workers`` / ``prefetch_factor``
+            without workers.
+        TypeError: for a data set without ``len()``.
 
     """
 
@@ -109,6 +128,8 @@ class DataLoader:
         collate_fn: Callable[[list[Any]], Any] | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
+        persistent_workers: bool = False,
+        prefetch_factor: int | None = None,
     ) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(
@@ -130,8 +151,14 @@ class DataLoader:
         self.seed = seed
         self.drop_last = drop_last
         self.collate_fn = collate_fn or torch_data.default_collate
+        _check_workers(num_workers, persistent_workers, prefetch_factor)
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.prefetch_factor = prefetch_factor
+        # pinning needs a device to pin for; without one it is skipped
+        self._pin = pin_memory and torch.cuda.is_available()
+        self._pool: WorkerPool | None = None
 
     def __len__(self) -> int:
         """Samples in the data set."""
@@ -226,8 +253,9 @@ class DataLoader:
             n = indices.shape[0]
             if n == 0:
                 yield None, 0
-            elif not seeded:
-                yield _load(dataset, collate_fn, indices), n
+                continue
+            if not seeded:
+                batch = _load(dataset, collate_fn, indices)
             else:
                 state = generator.get_state()
                 generator.manual_seed(self._batch_seed(plan, position))
@@ -235,7 +263,7 @@ class DataLoader:
                     batch = _load(dataset, collate_fn, indices)
                 finally:
                     generator.set_state(state)
-                yield batch, n
+            yield (_pinned(batch) if self._pin else batch), n
 
     def stand_in(self) -> Any:
         """A batch of the data set's first sample, drawing no random number.
@@ -269,22 +297,19 @@ class DataLoader:
     ) -> Iterator[tuple[Any, int]]:
         positions = range(start_batch, len(plan.batches))
         sizes = [plan.batches[p].shape[0] for p in positions]
-        loaded = [p for p, n in zip(positions, sizes, strict=True) if n]
-        if not loaded:  # no worker to start for steps without samples
+        keys = [
+            (self._batch_seed(plan, p), plan.batches[p].tolist())
+            for p, n in zip(positions, sizes, strict=True)
+            if n
+        ]
+        if not keys:  # no worker to start for steps without samples
             yield from ((None, 0) for _ in sizes)
             return
-        batches = _SeededBatches(
-            self.dataset,
-            self.collate_fn,
-            [plan.batches[p] for p in loaded],
-            [self._batch_seed(plan, p) for p in loaded],
-        )
-        # An explicit generator: torch would otherwise draw the workers'
-        # base seed from the global one, at a moment that differs between
-        # a full pass and a resume, and shift every draw after it.
-        generator = torch.Generator()
-        generator.manual_seed(
-            _mix(
+        if self.persistent_workers:
+            # one base seed for the pool's life, from the loader's seed
+            seed = _mix(_WORKER_STREAM, self.seed)
+        else:
+            seed = _mix(
                 _WORKER_STREAM,
                 self.seed,
                 plan.epoch,
@@ -292,19 +317,33 @@ class DataLoader:
                 plan.training,
                 start_batch,
             )
-        )
-        loader = torch_data.DataLoader(
-            batches,
-            batch_size=None,  # each item is a whole batch already
-            sampler=range(len(loaded)),
-            collate_fn=_as_is,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            generator=generator,
-        )
-        iterator = iter(loader)
+        iterator = self._worker_pool().iterate(keys, seed)
         for n in sizes:
             yield (next(iterator), n) if n else (None, 0)
+
+    def _worker_pool(self) -> WorkerPool:
+        if self._pool is None:
+            self._pool = WorkerPool(
+                self.dataset,
+                functools.partial(_load_list, self.collate_fn),
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                persistent=self.persistent_workers,
+                prefetch_factor=self.prefetch_factor,
+            )
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the worker processes that ``persistent_workers`` keeps."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (or copied) without the worker processes."""
+        state = dict(self.__dict__)
+        state['_pool'] = None
+        return state
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint needs to reproduce the order."""
@@ -323,34 +362,59 @@ class DataLoader:
         }
 
 
-class _SeededBatches(torch_data.Dataset[Any]):
-    """Item k is the k-th batch, loaded under the k-th seed (in a worker).
+def _check_workers(
+    num_workers: object, persistent: object, prefetch_factor: object
+) -> None:
+    """Refuse worker options that cannot work, before any pass."""
+    if (
+        isinstance(num_workers, bool)
+        or not isinstance(num_workers, int)
+        or num_workers < 0
+    ):
+        raise ValueError(
+            f'num_workers must be a whole number >= 0, got {num_workers!r}.'
+        )
+    if not isinstance(persistent, bool):
+        raise TypeError(
+            f'persistent_workers must be True or False, got {persistent!r}.'
+        )
+    if prefetch_factor is not None and (
+        isinstance(prefetch_factor, bool)
+        or not isinstance(prefetch_factor, int)
+        or prefetch_factor < 1
+    ):
+        raise ValueError(
+            'prefetch_factor must be a positive integer (batches each '
+            f'worker loads ahead), got {prefetch_factor!r}.'
+        )
+    if num_workers == 0 and (persistent or prefetch_factor is not None):
+        given = (
+            'persistent_workers=True'
+            if persistent
+            else (f'prefetch_factor={prefetch_factor!r}')
+        )
+        raise ValueError(
+            f'{given} applies to worker processes, and num_workers=0 loads '
+            'in this process. Pass num_workers=1 or more, or drop it.'
+        )
 
-    A worker's streams serve nobody else, so torch, ``random`` and numpy are
-    all seeded before each batch and none is put back.
-    """
 
-    def __init__(
-        self,
-        dataset: Any,
-        collate_fn: Callable[[list[Any]], Any],
-        batches: list[torch.Tensor],
-        seeds: list[int],
-    ) -> None:
-        self.dataset = dataset
-        self.collate_fn = collate_fn
-        self.batches = batches
-        self.seeds = seeds
+def _pinned(data: Any) -> Any:
+    """``data`` with its tensors in pinned memory (nested containers too)."""
+    if isinstance(data, torch.Tensor):
+        return data.pin_memory()
+    if isinstance(data, tuple | list):
+        return type(data)(_pinned(d) for d in data)
+    if isinstance(data, dict):
+        return {k: _pinned(v) for k, v in data.items()}
+    return data
 
-    def __len__(self) -> int:
-        return len(self.batches)
 
-    def __getitem__(self, key: int) -> Any:
-        seed = self.seeds[key]
-        torch.default_generator.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed & 0xFFFFFFFF)  # numpy takes 32 bits
-        return _load(self.dataset, self.collate_fn, self.batches[key])
+def _load_list(
+    collate_fn: Callable[[list[Any]], Any], dataset: Any, indices: list[int]
+) -> Any:
+    """One batch from a list of indices (what workers receive)."""
+    return _load(dataset, collate_fn, torch.tensor(indices, dtype=torch.long))
 
 
 def _load(
@@ -369,11 +433,6 @@ def _load(
     else:
         items = [dataset[i] for i in index_list]
     return collate_fn(items)
-
-
-def _as_is(batch: Any) -> Any:
-    """Workers return collated batches (a function: lambdas do not pickle)."""
-    return batch
 
 
 def _mix(*values: int) -> int:

@@ -23,7 +23,8 @@ Cues, which a test gives to the first attempt only:
 optimizer step; ``--per-step-schedule`` warms up and decays the rate per
 optimizer step, and rank zero appends each step's rate to ``rates.txt``
 in ``--out``.  ``--compile`` compiles the model with inductor
-(``Model(compile=...)``).
+(``Model(compile=...)``).  ``--num-workers N`` loads with N workers,
+kept for every pass with ``--persistent-workers``.
 
 ``--mixed-precision`` trains under autocast (with a gradient scaler on a
 GPU); the model goes to the GPU when there is one.  ``--parallel fsdp``
@@ -241,6 +242,8 @@ def main(
     parser.add_argument('--accumulation-steps', type=int, default=1)
     parser.add_argument('--per-step-schedule', action='store_true')
     parser.add_argument('--compile', action='store_true')
+    parser.add_argument('--num-workers', type=int, default=0)
+    parser.add_argument('--persistent-workers', action='store_true')
     parser.add_argument('--signal-at', type=int, default=0)
     parser.add_argument('--signal-phase', default='train')
     parser.add_argument('--signal-rank', type=int, default=0)
@@ -287,6 +290,10 @@ def main(
             **sharding,
         )
         loss = drytorch.Loss(objectives.cross_entropy, 'CE')
+        workers: dict[str, Any] = {}
+        if args.num_workers:
+            workers['num_workers'] = args.num_workers
+            workers['persistent_workers'] = args.persistent_workers
         scheduler: schedulers.AbstractScheduler = (
             schedulers.ConstantScheduler()
         )
@@ -298,7 +305,9 @@ def main(
             )
         trainer = drytorch.Trainer(
             model,
-            loader=drytorch.DataLoader(train_set, args.batch_size, seed=3),
+            loader=drytorch.DataLoader(
+                train_set, args.batch_size, seed=3, **workers
+            ),
             loss=loss,
             learning_schema=drytorch.LearningSchema.Adam(
                 lr=0.05, scheduler=scheduler
@@ -307,7 +316,7 @@ def main(
             accumulation_steps=args.accumulation_steps,
         )
         trainer.add_validation(
-            drytorch.DataLoader(val_set, args.val_batch_size)
+            drytorch.DataLoader(val_set, args.val_batch_size, **workers)
         )
         trainer.post_epoch_hooks.append(
             hooks.ReduceLROnPlateau(patience=1, factor=0.5)
