@@ -45,6 +45,7 @@ import torch
 import torch.utils.data as torch_data
 
 from drytorch.distributed import ranks
+from drytorch.lib import streams
 from drytorch.lib.worker_pool import WorkerPool
 
 __all__ = ['DataLoader', 'Plan']
@@ -94,7 +95,11 @@ class DataLoader:
     Args:
         dataset: supports ``len`` and integer indexing; ``__getitems__``
             (or a :class:`torch.utils.data.TensorDataset`) is used to load
-            a batch in one call.
+            a batch in one call.  Or a
+            :class:`torch.utils.data.IterableDataset` with ``len()`` (this
+            rank's samples per pass), resumable inside an epoch when it
+            implements ``state_dict()`` / ``load_state_dict()``; see
+            ``drytorch.lib.streams``.
         batch_size: samples per batch on each rank.
         seed: seeds the training order; saved in checkpoints.
         drop_last: drop a last incomplete training batch.
@@ -135,6 +140,8 @@ class DataLoader:
             raise ValueError(
                 f'batch_size must be a positive integer, got {batch_size!r}.'
             )
+        if streams.is_stream(dataset):
+            streams.check_stream(dataset, num_workers)
         try:
             size = len(dataset)
         except TypeError:
@@ -159,6 +166,7 @@ class DataLoader:
         # pinning needs a device to pin for; without one it is skipped
         self._pin = pin_memory and torch.cuda.is_available()
         self._pool: WorkerPool | None = None
+        self._stream = streams.StreamPosition()
 
     def __len__(self) -> int:
         """Samples in the data set."""
@@ -191,6 +199,8 @@ class DataLoader:
             # variables again at every epoch
             rank = ranks.get_rank() if world > 1 else 0
         size = len(self.dataset)
+        if streams.is_stream(self.dataset):
+            return self._stream_plan(size, training, epoch, rank, world)
         if training:
             order = self.permutation(epoch)
             per_rank = size // world
@@ -230,6 +240,34 @@ class DataLoader:
         batches += [empty] * (steps - len(batches))
         return Plan(batches, size, epoch=epoch, rank=rank, training=False)
 
+    def _stream_plan(
+        self, size: int, training: bool, epoch: int, rank: int, world: int
+    ) -> Plan:
+        """A pass over an iterable data set: ``size`` samples on this rank."""
+        drop = self.drop_last and training
+        batches = streams.stream_plan_batches(size, self.batch_size, drop)
+        if training and not batches:
+            raise ValueError(
+                f'batch_size={self.batch_size} is larger than the {size} '
+                'samples the stream yields per rank, so drop_last would '
+                'train nothing. Use a smaller batch or drop_last=False.'
+            )
+        return Plan(
+            batches, size * world, epoch=epoch, rank=rank, training=training
+        )
+
+    def stream_state(self) -> Any:
+        """This rank's position in an iterable data set (None: none kept).
+
+        For a mid-epoch checkpoint: taken between two steps, it is the
+        position after the batches that training consumed.
+        """
+        return self._stream.state(self.dataset)
+
+    def load_stream_state(self, state: Any) -> None:
+        """Resume the next pass that starts mid-epoch from ``state``."""
+        self._stream.restore(state)
+
     def iterate(
         self, plan: Plan, start_batch: int = 0
     ) -> Iterator[tuple[Any, int]]:
@@ -240,6 +278,18 @@ class DataLoader:
         batch depend on its position in the plan, not on ``start_batch``
         (see the module docstring).
         """
+        if streams.is_stream(self.dataset):
+            batches = streams.stream_batches(
+                self.dataset,
+                self.collate_fn,
+                [b.shape[0] for b in plan.batches],
+                start_batch,
+                self._stream,
+                plan.epoch if plan.training else None,
+            )
+            for batch, n in batches:
+                yield (_pinned(batch) if self._pin else batch), n
+            return
         if self.num_workers > 0:
             yield from self._iterate_workers(plan, start_batch)
             return

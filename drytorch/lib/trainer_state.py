@@ -58,6 +58,8 @@ def collect(trainer: Trainer, position: Position) -> dict[str, Any]:
     mine = {
         'rng': rng_state(trainer.model.device),
         'accumulator': trainer.accumulator.state_dict(),
+        # an iterable data set's position on this rank (None: map-style)
+        'data': trainer.loader.stream_state(),
     }
     per_rank: list[Any] = [mine]
     if ranks.is_distributed():
@@ -128,6 +130,7 @@ def restore(trainer: Trainer, state: dict[str, Any]) -> Position | None:
         stream_for_rank(per_rank, rank, trainer.model.device)
     if position.phase == 'train':
         trainer.accumulator.load_state_dict(per_rank[rank]['accumulator'])
+        trainer.loader.load_stream_state(per_rank[rank].get('data'))
     if position.phase == 'done' and position.call is None:
         return None
     return position

@@ -24,7 +24,9 @@ optimizer step; ``--per-step-schedule`` warms up and decays the rate per
 optimizer step, and rank zero appends each step's rate to ``rates.txt``
 in ``--out``.  ``--compile`` compiles the model with inductor
 (``Model(compile=...)``).  ``--num-workers N`` loads with N workers,
-kept for every pass with ``--persistent-workers``.
+kept for every pass with ``--persistent-workers``.  ``--iterable
+stateful`` (or ``stateless``) trains on an IterableDataset of the same
+samples, with (or without) ``state_dict()`` / ``load_state_dict()``.
 
 ``--mixed-precision`` trains under autocast (with a gradient scaler on a
 GPU); the model goes to the GPU when there is one.  ``--parallel fsdp``
@@ -64,6 +66,47 @@ STORM = (signal.SIGUSR2, signal.SIGUSR1, signal.SIGTERM)
 # --per-step-schedule: linear warmup over 6 optimizer steps (the first
 # epoch of 6 batches), then a cosine decay over 12
 WARMUP_DECAY = (6, 12)
+
+
+class Stream(torch.utils.data.IterableDataset[Any]):
+    """The training samples as a stream: this rank's share, shuffled by epoch.
+
+    Without a state: it cannot say where it stopped.
+    """
+
+    def __init__(self, data: TensorDataset) -> None:
+        self.data = data
+        self.epoch = 0
+        self.position = 0  # samples yielded in this pass
+        self._resume = 0
+
+    def __len__(self) -> int:
+        return len(self.data) // ranks.get_world_size()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(self.epoch)
+        order = torch.randperm(len(self.data), generator=generator)
+        world = ranks.get_world_size()
+        mine = order[ranks.get_rank() :: world][: len(self)].tolist()
+        start, self._resume = self._resume, 0
+        self.position = start
+        for index in mine[start:]:
+            self.position += 1  # before the yield: counted once consumed
+            yield self.data[index]
+
+
+class StatefulStream(Stream):
+    """A stream that saves and restores its position (torchdata's protocol)."""
+
+    def state_dict(self) -> dict[str, int]:
+        return {'epoch': self.epoch, 'position': self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch = state['epoch']
+        self._resume = state['position']
 
 
 def trace_rates(trainer: drytorch.Trainer, path: pathlib.Path) -> None:
@@ -244,6 +287,9 @@ def main(
     parser.add_argument('--compile', action='store_true')
     parser.add_argument('--num-workers', type=int, default=0)
     parser.add_argument('--persistent-workers', action='store_true')
+    parser.add_argument(
+        '--iterable', choices=('stateful', 'stateless'), default=None
+    )
     parser.add_argument('--signal-at', type=int, default=0)
     parser.add_argument('--signal-phase', default='train')
     parser.add_argument('--signal-rank', type=int, default=0)
@@ -290,6 +336,9 @@ def main(
             **sharding,
         )
         loss = drytorch.Loss(objectives.cross_entropy, 'CE')
+        if args.iterable:
+            stream = StatefulStream if args.iterable == 'stateful' else Stream
+            train_set = stream(train_set)  # type: ignore[assignment]
         workers: dict[str, Any] = {}
         if args.num_workers:
             workers['num_workers'] = args.num_workers
