@@ -133,30 +133,34 @@ class Accumulation:
                 'accumulation_steps it was written with.'
             )
 
-    @contextlib.contextmanager
     def gradient_sync(
         self, module: torch.nn.Module, plain: torch.nn.Module, sync: bool
-    ) -> Iterator[None]:
+    ) -> contextlib.AbstractContextManager[Any]:
         """Skip the gradient reduction of a micro-batch when ``not sync``.
 
         ``module`` is what trains (DDP, a sharded or a plain module) and
         ``plain`` the module under it.  In one process there is nothing
-        to skip.
+        to skip, and a shared null context costs almost nothing per step.
         """
         if sync or self.steps == 1:
-            yield
-            return
+            return _NULL
         no_sync = getattr(module, 'no_sync', None)
         if no_sync is not None:  # DistributedDataParallel
-            with no_sync():
-                yield
-            return
+            return no_sync()
         requires = getattr(plain, 'set_requires_gradient_sync', None)
         if requires is None:  # a plain module: no reduction to skip
-            yield
-            return
-        requires(False)  # FSDP2
-        try:
-            yield
-        finally:
-            requires(True)
+            return _NULL
+        return _without_gradient_sync(requires)  # FSDP2
+
+
+_NULL = contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _without_gradient_sync(requires: Any) -> Iterator[None]:
+    """FSDP2's reduce-scatter off for one micro-batch, then on again."""
+    requires(False)
+    try:
+        yield
+    finally:
+        requires(True)

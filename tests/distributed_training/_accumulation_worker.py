@@ -46,8 +46,10 @@ def _counting(
     return default_hooks.allreduce_hook(None, bucket)  # type: ignore[arg-type]
 
 
-def _train(name: str, batch_size: int, steps: int) -> dict[str, Any]:
-    model = drytorch.Model(make_network(), name=name)
+def _train(
+    name: str, batch_size: int, steps: int, parallel: str = 'ddp'
+) -> dict[str, Any]:
+    model = drytorch.Model(make_network(), name=name, parallel=parallel)
     trainer = drytorch.Trainer(
         model,
         loader=drytorch.DataLoader(make_dataset(), batch_size, seed=2),
@@ -57,13 +59,15 @@ def _train(name: str, batch_size: int, steps: int) -> dict[str, Any]:
     )
     wrapped = model.training_module()  # DDP, built here on every rank
     counts = {'all_reduces': 0}
-    wrapped.register_comm_hook(counts, _counting)  # type: ignore[operator]
+    if parallel == 'ddp':
+        wrapped.register_comm_hook(counts, _counting)  # type: ignore[operator]
     trainer.train(EPOCHS)
     (optimizer_steps,) = {
         int(s['step'].item()) for s in trainer.optimizer.state.values()
     }
     return {
-        'state': model.module.state_dict(),
+        # gathered on every rank (a collective under FSDP); rank zero has it
+        'state': model.state_dict()['module'],
         'metrics': dict(trainer.metrics),
         'all_reduces': counts['all_reduces'],
         'optimizer_steps': optimizer_steps,
@@ -73,7 +77,7 @@ def _train(name: str, batch_size: int, steps: int) -> dict[str, Any]:
 
 
 def train_both(par_dir: str) -> dict[str, Any]:
-    """Train k=1 with batches of 32 and k=4 with batches of 8."""
+    """Train k=1 with batches of 32 and k=4 with batches of 8 (DDP, FSDP)."""
     experiment = drytorch.Experiment(None, name='Accumulate', par_dir=par_dir)
     out: dict[str, Any] = {}
     try:
@@ -81,6 +85,8 @@ def train_both(par_dir: str) -> dict[str, Any]:
             out['rank'] = ranks.get_rank()
             out['big'] = _train('big', 32, 1)
             out['small'] = _train('small', 8, 4)
+            out['fsdp_big'] = _train('fsdp_big', 32, 1, 'fsdp')
+            out['fsdp_small'] = _train('fsdp_small', 8, 4, 'fsdp')
     finally:
         teardown_distributed()
     return out

@@ -3,7 +3,7 @@
 k=4 micro-batches of 8 per rank end two epochs with the weights of k=1
 with batches of 32, and DDP all-reduces the gradients once per optimizer
 step (counted by a comm hook that does the real all-reduce), not once per
-micro-batch.
+micro-batch.  Under FSDP the same windows give the same weights.
 """
 
 from __future__ import annotations
@@ -64,3 +64,17 @@ def test_one_all_reduce_per_optimizer_step(
         # a model this small fits one DDP bucket: one all-reduce a step
         assert big['all_reduces'] == 8
         assert small['all_reduces'] == 8  # not 26, one per micro-batch
+
+
+def test_fsdp_accumulates_as_well(ranks: list[dict[str, Any]]) -> None:
+    """Sharded: reduce-scatter skipped but on a window's last batch."""
+    zero = ranks[0]
+    assert zero['fsdp_small']['optimizer_steps'] == 8
+    big, small = zero['fsdp_big']['state'], zero['fsdp_small']['state']
+    assert big.keys() == small.keys() == zero['big']['state'].keys()
+    for key, value in big.items():
+        torch.testing.assert_close(small[key], value, rtol=1e-5, atol=1e-7)
+        # and the same model as under DDP
+        torch.testing.assert_close(
+            small[key], zero['small']['state'][key], rtol=1e-5, atol=1e-7
+        )
