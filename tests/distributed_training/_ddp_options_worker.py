@@ -5,7 +5,8 @@ starts.  A network with a branch it never takes trains with
 ``find_unused_parameters=True`` (without it DDP fails at the second
 step); a network with tiny buckets (``bucket_cap_mb``) and
 ``gradient_as_bucket_view`` trains through a comm hook that counts its
-real all-reduces; one with ``static_graph`` trains too.
+real all-reduces; one with ``static_graph`` trains too; a model made with
+``compile=`` trains and validates under DDP with plain names.
 No ``from __future__ import annotations``: DDP checks the hook's
 annotations as objects.
 """
@@ -107,6 +108,21 @@ def train(par_dir: str) -> dict[str, Any]:
             )
             _trainer(static).train(1)
             out['static'] = _ddp_facts(static.training_module())
+            torch.manual_seed(0)
+            compiled = drytorch.Model(
+                nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3)),
+                name='compiled',
+                compile={'backend': 'eager'},  # dynamo, no code generation
+            )
+            trainer = _trainer(compiled)
+            trainer.add_validation(drytorch.DataLoader(_data(), 16))
+            trainer.train(1)
+            wrapped = compiled.training_module()
+            out['compiled'] = {
+                'wraps': type(wrapped.module).__name__,  # type: ignore[union-attr]
+                'names': list(compiled.state_dict()['module']),
+                'validation': dict(trainer.validation.metrics),  # type: ignore[union-attr]
+            }
     finally:
         teardown_distributed()
     return out

@@ -58,3 +58,20 @@ def test_bucket_size_and_views(ranks: list[dict[str, Any]]) -> None:
         assert out['tiny_all_reduces'] >= 4
     for key, value in ranks[0]['tiny_state'].items():
         assert torch.equal(value, ranks[1]['tiny_state'][key])
+
+
+def test_a_compiled_model_under_ddp(ranks: list[dict[str, Any]]) -> None:
+    """DDP wraps the compiled module; states keep the plain names."""
+    for out in ranks:
+        compiled = out['compiled']
+        assert compiled['wraps'] == 'OptimizedModule'
+        assert compiled['names'] == [
+            '0.weight',
+            '0.bias',
+            '2.weight',
+            '2.bias',
+        ]
+    assert (
+        ranks[0]['compiled']['validation']
+        == ranks[1]['compiled']['validation']
+    )
