@@ -46,7 +46,7 @@ import torch.utils.data as torch_data
 
 from drytorch.distributed import ranks
 from drytorch.lib import streams
-from drytorch.lib.worker_pool import WorkerPool
+from drytorch.lib.worker_pool import WorkerPool, check_worker_options, pinned
 
 __all__ = ['DataLoader', 'Plan']
 
@@ -158,7 +158,7 @@ class DataLoader:
         self.seed = seed
         self.drop_last = drop_last
         self.collate_fn = collate_fn or torch_data.default_collate
-        _check_workers(num_workers, persistent_workers, prefetch_factor)
+        check_worker_options(num_workers, persistent_workers, prefetch_factor)
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
@@ -288,7 +288,7 @@ class DataLoader:
                 plan.epoch if plan.training else None,
             )
             for batch, n in batches:
-                yield (_pinned(batch) if self._pin else batch), n
+                yield (pinned(batch) if self._pin else batch), n
             return
         if self.num_workers > 0:
             yield from self._iterate_workers(plan, start_batch)
@@ -313,7 +313,7 @@ class DataLoader:
                     batch = _load(dataset, collate_fn, indices)
                 finally:
                     generator.set_state(state)
-            yield (_pinned(batch) if self._pin else batch), n
+            yield (pinned(batch) if self._pin else batch), n
 
     def stand_in(self) -> Any:
         """A batch of the data set's first sample, drawing no random number.
@@ -410,54 +410,6 @@ class DataLoader:
             'batch_size': self.batch_size,
             'seed': self.seed,
         }
-
-
-def _check_workers(
-    num_workers: object, persistent: object, prefetch_factor: object
-) -> None:
-    """Refuse worker options that cannot work, before any pass."""
-    if (
-        isinstance(num_workers, bool)
-        or not isinstance(num_workers, int)
-        or num_workers < 0
-    ):
-        raise ValueError(
-            f'num_workers must be a whole number >= 0, got {num_workers!r}.'
-        )
-    if not isinstance(persistent, bool):
-        raise TypeError(
-            f'persistent_workers must be True or False, got {persistent!r}.'
-        )
-    if prefetch_factor is not None and (
-        isinstance(prefetch_factor, bool)
-        or not isinstance(prefetch_factor, int)
-        or prefetch_factor < 1
-    ):
-        raise ValueError(
-            'prefetch_factor must be a positive integer (batches each '
-            f'worker loads ahead), got {prefetch_factor!r}.'
-        )
-    if num_workers == 0 and (persistent or prefetch_factor is not None):
-        given = (
-            'persistent_workers=True'
-            if persistent
-            else (f'prefetch_factor={prefetch_factor!r}')
-        )
-        raise ValueError(
-            f'{given} applies to worker processes, and num_workers=0 loads '
-            'in this process. Pass num_workers=1 or more, or drop it.'
-        )
-
-
-def _pinned(data: Any) -> Any:
-    """``data`` with its tensors in pinned memory (nested containers too)."""
-    if isinstance(data, torch.Tensor):
-        return data.pin_memory()
-    if isinstance(data, tuple | list):
-        return type(data)(_pinned(d) for d in data)
-    if isinstance(data, dict):
-        return {k: _pinned(v) for k, v in data.items()}
-    return data
 
 
 def _load_list(

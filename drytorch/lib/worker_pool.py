@@ -18,6 +18,9 @@ comes from a generator of the pass (a pool per pass) or of the loader's
 seed (a persistent pool), never from the global torch generator, which
 torch would otherwise draw at a moment that differs between a full pass
 and a resume.
+
+The checks of the worker options (at a loader's construction) and the
+pinning of batches loaded in this process live here too.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import numpy as np
 import torch
 import torch.utils.data as torch_data
 
-__all__ = ['Key', 'WorkerPool']
+__all__ = ['Key', 'WorkerPool', 'check_worker_options', 'pinned']
 
 Key = tuple[int, Sequence[int]]
 """A batch to load: its seed and the indices of its samples."""
@@ -66,6 +69,54 @@ class _KeyedBatches(torch_data.Dataset[Any]):
         random.seed(seed)
         np.random.seed(seed & 0xFFFFFFFF)  # numpy takes 32 bits
         return self.load(self.dataset, indices)
+
+
+def check_worker_options(
+    num_workers: object, persistent: object, prefetch_factor: object
+) -> None:
+    """Refuse worker options that cannot work, before any pass."""
+    if (
+        isinstance(num_workers, bool)
+        or not isinstance(num_workers, int)
+        or num_workers < 0
+    ):
+        raise ValueError(
+            f'num_workers must be a whole number >= 0, got {num_workers!r}.'
+        )
+    if not isinstance(persistent, bool):
+        raise TypeError(
+            f'persistent_workers must be True or False, got {persistent!r}.'
+        )
+    if prefetch_factor is not None and (
+        isinstance(prefetch_factor, bool)
+        or not isinstance(prefetch_factor, int)
+        or prefetch_factor < 1
+    ):
+        raise ValueError(
+            'prefetch_factor must be a positive integer (batches each '
+            f'worker loads ahead), got {prefetch_factor!r}.'
+        )
+    if num_workers == 0 and (persistent or prefetch_factor is not None):
+        given = (
+            'persistent_workers=True'
+            if persistent
+            else (f'prefetch_factor={prefetch_factor!r}')
+        )
+        raise ValueError(
+            f'{given} applies to worker processes, and num_workers=0 loads '
+            'in this process. Pass num_workers=1 or more, or drop it.'
+        )
+
+
+def pinned(data: Any) -> Any:
+    """``data`` with its tensors in pinned memory (nested containers too)."""
+    if isinstance(data, torch.Tensor):
+        return data.pin_memory()
+    if isinstance(data, tuple | list):
+        return type(data)(pinned(d) for d in data)
+    if isinstance(data, dict):
+        return {k: pinned(v) for k, v in data.items()}
+    return data
 
 
 def _as_is(batch: Any) -> Any:
