@@ -5,9 +5,10 @@ to set its learning rate at any epoch.  It is checked when it is built: an
 argument the optimizer does not take, or a learning rate that cannot work,
 fails before training starts instead of at the first step.
 
-The learning rate is a pure function of the epoch (see
-``drytorch.lib.schedulers``), so :meth:`LearningSchema.apply_learning_rate`
-gives a resumed run exactly the rates of an uninterrupted one.
+The learning rate is a pure function of the epoch, or of the optimizer
+step for a schedule made ``.per_step()`` (see ``drytorch.lib.schedulers``),
+so :meth:`LearningSchema.apply_learning_rate` gives a resumed run exactly
+the rates of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ class LearningSchema:
             A parameter joins the group of its longest matching prefix;
             the key ``''`` collects the parameters no other key matches.
         optimizer_defaults: the optimizer's other arguments.
-        scheduler: the learning rate as a function of the epoch.
+        scheduler: the learning rate as a function of the epoch, or of
+            the optimizer step (``scheduler.per_step()``).
         clip_grad_norm: the maximal total gradient norm, if any.
         clip_grad_value: the maximal absolute gradient value, if any.
 
@@ -237,6 +239,14 @@ class LearningSchema:
             clip_grad_value,
         )
 
+    @property
+    def per_step(self) -> bool:
+        """Whether the schedule counts optimizer steps rather than epochs.
+
+        The trainer then sets the rate before every optimizer step.
+        """
+        return self.scheduler.counts_steps
+
     def build_optimizer(
         self, module: torch.nn.Module
     ) -> torch.optim.Optimizer:
@@ -268,7 +278,8 @@ class LearningSchema:
         """The scheduled rate of each parameter group after ``epoch`` epochs.
 
         Args:
-            epoch: the number of completed epochs.
+            epoch: the number of completed epochs; of completed optimizer
+                steps when the schedule is :attr:`per_step`.
             base_lr: replaces the schema's base rates (e.g. after a
                 plateau); a float sets every group, a dict must have the
                 schema's keys.
@@ -285,6 +296,9 @@ class LearningSchema:
         base_lr: float | Mapping[str, float] | None = None,
     ) -> None:
         """Set each group's rate for the epoch after ``epoch`` completed.
+
+        For a :attr:`per_step` schedule ``epoch`` counts optimizer steps:
+        the rate of the step after that many.
 
         Nothing but ``epoch`` and the base rates decides the value, so a
         freshly built optimizer at a resumed epoch gets the same rates.

@@ -70,6 +70,8 @@ def collect(
         'accumulator': trainer.accumulator.state_dict(),
         # names the folder every rank writes a checkpoint in parts into
         'pid': os.getpid(),
+        # an iterable data set's position on this rank (None: map-style)
+        'data': trainer.loader.stream_state(),
     }
     per_rank: list[Any] = [mine]
     if ranks.is_distributed():
@@ -92,6 +94,7 @@ def collect(
         'scaler': trainer.scaler.state_dict(),
         'base_lr': trainer.base_lr,
         'scheduler': trainer.learning_schema.scheduler,
+        'optimizer_steps': trainer.optimizer_steps,
         'loader': trainer.loader.state_dict(),
         'position': dataclasses.asdict(position),
         'metrics': trainer.metrics,
@@ -126,6 +129,8 @@ def restore(trainer: Trainer, state: dict[str, Any]) -> Position | None:
     load_weights(trainer.model, state, trainer.optimizer)
     trainer.scaler.load_state_dict(state['scaler'])
     trainer.base_lr = state['base_lr']
+    # a per-step schedule's argument (0 in checkpoints that predate it)
+    trainer.optimizer_steps = int(state.get('optimizer_steps', 0))
     trainer.learning_schema = dataclasses.replace(
         trainer.learning_schema, scheduler=state['scheduler']
     )
@@ -142,6 +147,7 @@ def restore(trainer: Trainer, state: dict[str, Any]) -> Position | None:
         stream_for_rank(per_rank, rank, trainer.model.device)
     if position.phase == 'train':
         trainer.accumulator.load_state_dict(per_rank[rank]['accumulator'])
+        trainer.loader.load_stream_state(per_rank[rank].get('data'))
     if position.phase == 'done' and position.call is None:
         return None
     return position

@@ -28,14 +28,16 @@ from drytorch.distributed.agreement import (
 from drytorch.distributed.preemption import watcher
 from drytorch.distributed.reduce import Flag, PackedReducer
 from drytorch.lib import trainer_state
-from drytorch.lib.evaluations import Validation, _compute
+from drytorch.lib.accumulation import Accumulation
+from drytorch.lib.evaluations import Validation
 from drytorch.lib.learning import LearningSchema
 from drytorch.lib.loading import DataLoader
 from drytorch.lib.models import Model
 from drytorch.lib.objectives import LossBase
 from drytorch.lib.resume import Position
-from drytorch.lib.runners import LoopOutcome, Runner, to_device, unpack_batch
+from drytorch.lib.runners import LoopOutcome, Runner
 from drytorch.lib.trainer_checkpointing import Checkpointing
+from drytorch.lib.trainer_steps import Stepping
 
 __all__ = ['Trainer']
 
@@ -55,7 +57,7 @@ def _epoch_count(name: str, value: Any) -> int:
     return count
 
 
-class Trainer(Checkpointing, Runner):
+class Trainer(Stepping, Checkpointing, Runner):
     """Trains a model with a loss and a learning schema.
 
     Args:
@@ -71,6 +73,20 @@ class Trainer(Checkpointing, Runner):
         async_checkpoint: write the model's checkpoints in the background
             (``LocalCheckpoint(async_checkpoint=...)``, which this sets on
             the model's store; None leaves the store's choice).
+        accumulation_steps: micro-batches (loader batches) per optimizer
+            step; the losses are weighted so that a step equals one of a
+            batch ``accumulation_steps`` times larger, and under DDP the
+            gradients are all-reduced once per step.  An epoch's last
+            window may be shorter and steps on its own samples; a
+            preemption stops at a window boundary (see
+            ``drytorch.lib.accumulation`` for both choices and why).
+            Metrics and the progress bar count micro-batches.
+
+    Raises:
+        TypeError: for a ``loss`` that is not a drytorch loss, or an
+            ``accumulation_steps`` that is not a whole number.
+        ValueError: for ``accumulation_steps`` below 1, or above 1 with a
+            model made with DDP's ``static_graph=True``.
 
     """
 
@@ -85,7 +101,21 @@ class Trainer(Checkpointing, Runner):
         sync_every: int | None = None,
         checkpoint_timeout: float | None = None,
         async_checkpoint: bool | None = None,
+        accumulation_steps: int = 1,
     ) -> None:
+        accumulation = Accumulation(accumulation_steps)  # checked first
+        if accumulation.steps > 1 and model.ddp_options.static_graph:
+            # DDP's static graph expects every backward pass to reduce:
+            # under no_sync torch fails an internal assertion in the first
+            # backward.  Refused here, in one process too, before a job
+            # waits in the queue.
+            raise ValueError(
+                f'accumulation_steps={accumulation.steps} skips the '
+                'gradient all-reduce (no_sync) on all but the last batch '
+                f'of a window, which DDP with static_graph=True does not '
+                f'support. Make {model.name!r} with static_graph=False, or '
+                'use accumulation_steps=1.'
+            )
         if not isinstance(loss, LossBase):
             raise TypeError(
                 f'loss must be a drytorch.Loss, got {type(loss).__name__}; '
@@ -95,6 +125,15 @@ class Trainer(Checkpointing, Runner):
             model, name, loader=loader, objective=loss, sync_every=sync_every
         )
         self.loss = loss
+        self.accumulation = accumulation
+        self.sync.stride = accumulation.steps
+        # the position of the next micro-batch in the epoch's plan, and
+        # the plan's length: which window it falls in
+        self._micro = 0
+        self._micro_total = 0
+        #: optimizer steps taken by this trainer (saved in checkpoints): a
+        #: per-step schedule's argument
+        self.optimizer_steps = 0
         self.learning_schema = learning_schema
         self.optimizer = learning_schema.build_optimizer(model.module)
         self.scaler = torch.amp.GradScaler(
@@ -180,11 +219,6 @@ class Trainer(Checkpointing, Runner):
             epoch=self.model.epoch,
             base_lr=self.base_lr,
             scheduler_name=repr(self.learning_schema.scheduler),
-        )
-
-    def _apply_lr(self) -> None:
-        self.learning_schema.apply_learning_rate(
-            self.optimizer, self.model.epoch, base_lr=self.base_lr
         )
 
     # ------------------------------------------------------------ training
@@ -401,6 +435,9 @@ class Trainer(Checkpointing, Runner):
         )
         self._apply_lr()
         plan = self.loader.plan(training=True, epoch=epoch)
+        self.accumulation.check_resume(start_batch)
+        self.accumulation.plan(plan)
+        self._micro, self._micro_total = start_batch, len(plan)
         self._module.train()
         outcome = self.run_loop(
             plan, self._step, start_batch=start_batch, check_finite=True
@@ -416,43 +453,18 @@ class Trainer(Checkpointing, Runner):
         self.metrics = outcome.metrics
         if outcome.terminate:
             self.terminate_requested = True
+        logged = dict(outcome.metrics)
+        if self.learning_schema.per_step:
+            # the rate of the epoch's last step: a per-epoch record of a
+            # curve that moves every step
+            logged['lr'] = self.learning_rate
         log_events.MetricEvent(
             model_name=self.model.name,
             source_name=self.name,
             epoch=epoch,
-            metrics=dict(outcome.metrics),
+            metrics=logged,
         )
         return outcome
-
-    def _step(self, batch: Any, n: int) -> None:
-        inputs, targets = unpack_batch(batch, self.name)
-        device = self.model.device
-        inputs = to_device(inputs, device)
-        targets = to_device(targets, device)
-        with self.model.autocast():
-            outputs = self._module(inputs)
-            values = _compute(self.loss, outputs, targets, self.name)
-        loss = self.loss.criterion(values)
-        self.optimizer.zero_grad(set_to_none=True)
-        scaler = self.scaler
-        schema = self.learning_schema
-        clip = (
-            schema.clip_grad_norm is not None
-            or schema.clip_grad_value is not None
-        )
-        if scaler.is_enabled():
-            scaler.scale(loss).backward()
-            if clip:
-                scaler.unscale_(self.optimizer)
-                schema.clip_gradients(self.model.module.parameters())
-            scaler.step(self.optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if clip:
-                schema.clip_gradients(self.model.module.parameters())
-            self.optimizer.step()
-        self.accumulator.add(values, n)
 
     def _validate(self, epoch: int, call: int, end: int) -> bool:
         """Validate if due; True when a preemption was signalled."""
@@ -467,4 +479,5 @@ class Trainer(Checkpointing, Runner):
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info['learning_schema'] = self.learning_schema
+        info['accumulation_steps'] = self.accumulation.steps
         return info

@@ -24,6 +24,14 @@ Cues, which a test gives to the first attempt only:
 the background; ``--slow-parts S`` makes each rank pause S seconds after
 its part is written (printing ``PART <rank> <folder>`` first), so that a
 test can kill a rank while the parts are incomplete.
+``--accumulation-steps K`` accumulates gradients over K batches per
+optimizer step; ``--per-step-schedule`` warms up and decays the rate per
+optimizer step, and rank zero appends each step's rate to ``rates.txt``
+in ``--out``.  ``--compile`` compiles the model with inductor
+(``Model(compile=...)``).  ``--num-workers N`` loads with N workers,
+kept for every pass with ``--persistent-workers``.  ``--iterable
+stateful`` (or ``stateless``) trains on an IterableDataset of the same
+samples, with (or without) ``state_dict()`` / ``load_state_dict()``.
 
 ``--mixed-precision`` trains under autocast (with a gradient scaler on a
 GPU); the model goes to the GPU when there is one.  ``--parallel fsdp``
@@ -56,10 +64,69 @@ from typing_extensions import override
 import drytorch
 from drytorch.core import log_events
 from drytorch.distributed import ranks, teardown_distributed
-from drytorch.lib import checkpoints, hooks, objectives
+from drytorch.lib import checkpoints, hooks, objectives, schedulers
 from drytorch.trackers.csv import CSVDumper
 
 STORM = (signal.SIGUSR2, signal.SIGUSR1, signal.SIGTERM)
+# --per-step-schedule: linear warmup over 6 optimizer steps (the first
+# epoch of 6 batches), then a cosine decay over 12
+WARMUP_DECAY = (6, 12)
+
+
+class Stream(torch.utils.data.IterableDataset[Any]):
+    """The training samples as a stream: this rank's share, shuffled by epoch.
+
+    Without a state: it cannot say where it stopped.
+    """
+
+    def __init__(self, data: TensorDataset) -> None:
+        self.data = data
+        self.epoch = 0
+        self.position = 0  # samples yielded in this pass
+        self._resume = 0
+
+    def __len__(self) -> int:
+        return len(self.data) // ranks.get_world_size()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = torch.Generator().manual_seed(self.epoch)
+        order = torch.randperm(len(self.data), generator=generator)
+        world = ranks.get_world_size()
+        mine = order[ranks.get_rank() :: world][: len(self)].tolist()
+        start, self._resume = self._resume, 0
+        self.position = start
+        for index in mine[start:]:
+            self.position += 1  # before the yield: counted once consumed
+            yield self.data[index]
+
+
+class StatefulStream(Stream):
+    """A stream that saves and restores its position (torchdata's protocol)."""
+
+    def state_dict(self) -> dict[str, int]:
+        return {'epoch': self.epoch, 'position': self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch = state['epoch']
+        self._resume = state['position']
+
+
+def trace_rates(trainer: drytorch.Trainer, path: pathlib.Path) -> None:
+    """Append the rate of every optimizer step to ``path`` (rank zero).
+
+    Written at each step, so that a preempted attempt leaves its part.
+    """
+    if not ranks.is_rank_zero():
+        return
+
+    def record(optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        with path.open('a') as file:
+            file.write(f'{optimizer.param_groups[0]["lr"]!r}\n')
+
+    trainer.optimizer.register_step_pre_hook(record)
 
 
 class Cue(nn.Module):
@@ -243,6 +310,14 @@ def main(
     parser.add_argument('--mixed-precision', action='store_true')
     parser.add_argument('--parallel', choices=('ddp', 'fsdp'), default=None)
     parser.add_argument('--sync-every', type=int, default=None)
+    parser.add_argument('--accumulation-steps', type=int, default=1)
+    parser.add_argument('--per-step-schedule', action='store_true')
+    parser.add_argument('--compile', action='store_true')
+    parser.add_argument('--num-workers', type=int, default=0)
+    parser.add_argument('--persistent-workers', action='store_true')
+    parser.add_argument(
+        '--iterable', choices=('stateful', 'stateless'), default=None
+    )
     parser.add_argument('--signal-at', type=int, default=0)
     parser.add_argument('--signal-phase', default='train')
     parser.add_argument('--signal-rank', type=int, default=0)
@@ -280,8 +355,14 @@ def main(
         sharding: dict[str, Any] = {}
         if args.parallel == 'fsdp':
             sharding['shard'] = (nn.Linear,)
+        cue = Cue(at, args.signal_phase, signum, args.step_sleep)
+        if args.compile:
+            # the cue counts passes in Python: compiled, every count would
+            # recompile, past torch's recompile limit, after which dynamo
+            # runs the module eagerly; it runs eagerly, the layers compiled
+            cue.forward = torch.compiler.disable(cue.forward)  # type: ignore[method-assign]
         model = drytorch.Model(
-            network(Cue(at, args.signal_phase, signum, args.step_sleep)),
+            network(cue),
             name='net',
             mixed_precision=args.mixed_precision,
             parallel=args.parallel,
@@ -289,22 +370,46 @@ def main(
                 sharded=args.checkpoint != 'file',
                 async_checkpoint=args.checkpoint == 'async',
             ),
+            compile=args.compile,
             **sharding,
         )
         loss = drytorch.Loss(objectives.cross_entropy, 'CE')
+        if args.iterable:
+            stream = StatefulStream if args.iterable == 'stateful' else Stream
+            train_set = stream(train_set)  # type: ignore[assignment]
+        workers: dict[str, Any] = {}
+        if args.num_workers:
+            workers['num_workers'] = args.num_workers
+            workers['persistent_workers'] = args.persistent_workers
+        scheduler: schedulers.AbstractScheduler = (
+            schedulers.ConstantScheduler()
+        )
+        if args.per_step_schedule:
+            scheduler = (
+                schedulers.CosineScheduler(WARMUP_DECAY[1])
+                .with_warmup(WARMUP_DECAY[0])
+                .per_step()
+            )
         trainer = drytorch.Trainer(
             model,
-            loader=drytorch.DataLoader(train_set, args.batch_size, seed=3),
+            loader=drytorch.DataLoader(
+                train_set, args.batch_size, seed=3, **workers
+            ),
             loss=loss,
-            learning_schema=drytorch.LearningSchema.Adam(lr=0.05),
+            learning_schema=drytorch.LearningSchema.Adam(
+                lr=0.05, scheduler=scheduler
+            ),
             sync_every=args.sync_every,
+            accumulation_steps=args.accumulation_steps,
         )
         trainer.add_validation(
-            drytorch.DataLoader(val_set, args.val_batch_size)
+            drytorch.DataLoader(val_set, args.val_batch_size, **workers)
         )
         trainer.post_epoch_hooks.append(
             hooks.ReduceLROnPlateau(patience=1, factor=0.5)
         )
+        if args.per_step_schedule and args.out:
+            trace_rates(trainer, pathlib.Path(args.out) / 'rates.txt')
         if args.save_every:
             trainer.post_epoch_hooks.append(
                 hooks.SaveEveryEpochs(args.save_every)

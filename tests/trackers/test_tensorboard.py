@@ -510,3 +510,40 @@ def test_a_batch_folder_removed_mid_epoch_drops_only_this_tracker(
     epochs, metrics = csv.load_metrics('net')['Trainer']
     assert epochs == [1, 2, 3]
     assert len(metrics['loss']) == 3
+
+
+def test_a_per_step_schedule_writes_its_rate_per_step(
+    tmp_path: pathlib.Path,
+) -> None:
+    """``lr`` at each sync point beside the loss, and once per epoch."""
+    from drytorch.lib import schedulers
+
+    exp = make_experiment(tmp_path, TensorBoard())
+
+    def train() -> None:
+        trainer = _trainer()
+        trainer.update_learning_rate(
+            scheduler=schedulers.CosineScheduler(8).with_warmup(4).per_step()
+        )
+        trainer.train(2)
+
+    _attempt(exp, train)
+    folder = _batch_dir(exp, 'Trainer')
+    accumulator = EventAccumulator(str(folder), size_guidance={'scalars': 0})
+    accumulator.Reload()
+    rates = [
+        (s.step, s.value) for s in accumulator.Scalars('batch/net/Trainer/lr')
+    ]
+    schedule = schedulers.CosineScheduler(8).with_warmup(4)
+    # 5 steps an epoch, a sync point every 2 and at the last: the rate of
+    # the optimizer step each follows
+    assert rates == [
+        (step, pytest.approx(schedule(0.05, step - 1), rel=1e-6))
+        for step in (2, 4, 5, 7, 9, 10)
+    ]
+    log_dir = tmp_path / 't' / 'runs' / 'r' / 'tensorboard'
+    epochs = _scalars(log_dir, 'net/Trainer/lr')
+    assert epochs == [
+        (1, pytest.approx(schedule(0.05, 4), rel=1e-6)),
+        (2, pytest.approx(schedule(0.05, 9), rel=1e-6)),
+    ]
