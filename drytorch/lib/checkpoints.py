@@ -28,11 +28,8 @@ pointer and the scan always find something.
 
 from __future__ import annotations
 
-import dataclasses
-import io
 import os
 import pathlib
-import re
 import warnings
 import zipfile
 from typing import Any, Literal
@@ -42,50 +39,19 @@ import torch
 from drytorch.core import exceptions
 from drytorch.core.experimenting import Experiment
 from drytorch.core.registry import atomic_write_text
-from drytorch.distributed import agreement, ranks
 from drytorch.lib import checkpoint_housekeeping as housekeeping
 from drytorch.lib import sharded_checkpoints as sharded
-from drytorch.lib.background_saves import BackgroundSave, write_group
+from drytorch.lib.background_saves import BackgroundSave
+from drytorch.lib.checkpoint_names import (
+    _NAME,
+    LATEST,
+    CheckpointInfo,
+    CheckpointUnreadableError,
+    file_name,
+)
+from drytorch.lib.checkpoint_parts import CheckpointParts
 
 __all__ = ['CheckpointInfo', 'CheckpointUnreadableError', 'LocalCheckpoint']
-
-LATEST = 'latest'
-
-_NAME = re.compile(r'^epoch_(\d{6,})(?:\+(\d{6,}))?(\.pt|\.dcp)$')
-FILE_SUFFIX = '.pt'
-
-
-@dataclasses.dataclass(frozen=True, order=True)
-class CheckpointInfo:
-    """A checkpoint's place: ``epoch`` done, ``batch`` into the next."""
-
-    epoch: int
-    batch: int
-    path: pathlib.Path = dataclasses.field(compare=False)
-
-    @property
-    def mid_epoch(self) -> bool:
-        """Whether the checkpoint was taken inside an epoch."""
-        return self.batch > 0
-
-
-class CheckpointUnreadableError(exceptions.DryTorchError):
-    """Raised when a named checkpoint file cannot be read.
-
-    Not a :class:`~drytorch.core.exceptions.CheckpointNotFoundError`: the
-    file was chosen (by the caller, or by rank zero for every rank), so a
-    failure is a fault to report, not a reason to start from scratch.
-    """
-
-    def __init__(self, path: pathlib.Path, cause: BaseException) -> None:
-        self.path = path
-        self.cause = f'{cause.__class__.__name__}: {cause}'
-        super().__init__(
-            f'Checkpoint {path} cannot be read ({self.cause}). If another '
-            'process chose it, check that the folder is shared and that '
-            'nothing removed or rewrote the file; `load(-1)` falls back '
-            'to an older checkpoint instead.'
-        )
 
 
 def _mtime(path: pathlib.Path) -> float:
@@ -93,17 +59,6 @@ def _mtime(path: pathlib.Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return float('-inf')
-
-
-def file_name(epoch: int, batch: int = 0, suffix: str = FILE_SUFFIX) -> str:
-    """The name of the checkpoint after ``epoch`` epochs and ``batch`` more.
-
-    ``suffix`` is ``.pt`` for a file, ``.dcp`` for a folder of parts.
-    """
-    stem = (
-        f'epoch_{epoch:06d}' if not batch else f'epoch_{epoch:06d}+{batch:06d}'
-    )
-    return stem + suffix
 
 
 def _fsync_dir(folder: pathlib.Path) -> None:
@@ -132,7 +87,7 @@ def _ours(name: str) -> bool:
     return bool(_NAME.match(name)) or name in (LATEST, housekeeping.SCORES)
 
 
-class LocalCheckpoint:
+class LocalCheckpoint(CheckpointParts):
     """Checkpoints of one model in a local (or shared) folder.
 
     Call :meth:`save` and :meth:`clean_leftovers` on rank zero only: they
@@ -215,33 +170,6 @@ class LocalCheckpoint:
         self.monitor = monitor
         self._cleaned: pathlib.Path | None = None
 
-    def set_async(self, async_checkpoint: bool) -> None:
-        """Write in the background, or not (``Trainer(async_checkpoint=)``).
-
-        Background writes are of checkpoints in parts: on, they turn
-        ``sharded`` on unless it was asked to be off.
-
-        Raises:
-            TypeError: if ``async_checkpoint`` is not a bool.
-            ValueError: if this store was made with ``sharded=False``.
-
-        """
-        if not isinstance(async_checkpoint, bool):
-            raise TypeError(
-                'async_checkpoint must be True or False, got '
-                f'{async_checkpoint!r}.'
-            )
-        if async_checkpoint and self._sharded_asked is False:
-            raise ValueError(
-                'async_checkpoint=True writes checkpoints in parts, and this '
-                'LocalCheckpoint has sharded=False (single files). Drop '
-                'sharded=False (a checkpoint in parts exports to one file '
-                'with `LocalCheckpoint.export`), or async_checkpoint=True.'
-            )
-        self.async_checkpoint = async_checkpoint
-        if async_checkpoint:
-            self.sharded = True
-
     def bind(self, model_name: str) -> None:
         """Attach to a model (its name is the sub-folder)."""
         self.model_name = model_name
@@ -295,139 +223,6 @@ class LocalCheckpoint:
         _fsync_dir(folder)
         self._publish(final, scores, value)
         return str(final)
-
-    def save_parts(
-        self,
-        parts: dict[str, Any],
-        state: dict[str, Any],
-        epoch: int,
-        batch: int = 0,
-        *,
-        writer_pid: int,
-        score: float | None = None,
-        timeout: float | None = None,
-        background: bool = False,
-    ) -> str:
-        """Write a checkpoint in parts, one per rank (collective).
-
-        Every rank calls it with its own ``parts`` (its weights and
-        optimizer state, see :func:`~drytorch.lib.sharded_checkpoints.
-        parts_of`); ``state``, the rest, is rank zero's, and
-        ``writer_pid`` is rank zero's process id on every rank (it names
-        the temporary folder they share).  Rank zero completes the folder,
-        renames it into place, moves ``latest`` and applies the retention
-        once every part is on disk.  ``background`` returns once the
-        parts are copied to host memory and writes them on a thread (see
-        :meth:`wait`).  A write in flight is waited for first.
-
-        Returns:
-            Where the checkpoint is (or will be, when ``background``).
-
-        Raises:
-            CheckpointWriteError: on every rank, when a rank could not
-                write its part or rank zero could not complete the folder.
-
-        """
-        self.wait(timeout)
-        folder = self.directory
-        final = folder / file_name(epoch, batch, sharded.SUFFIX)
-        tmp = housekeeping.temporary_path(final, writer_pid)
-        value = None if batch else housekeeping.as_score(score)
-        payload = None
-        if ranks.is_rank_zero():
-            payload = io.BytesIO()  # copied now: training goes on
-            torch.save(state, payload)
-
-        def finish() -> str:
-            assert payload is not None
-            if self._cleaned != folder:
-                self.clean_leftovers(keep=frozenset({tmp.name}))
-            sharded.write_state(tmp, payload.getvalue())
-            scores = housekeeping.read_scores(folder, self.keep_best)
-            if scores is not None and scores.pop(final.name, None) is not None:
-                housekeeping.write_scores(folder, scores)
-            sharded.commit(tmp, final)
-            self._publish(final, scores, value)
-            return str(final)
-
-        tmp.mkdir(parents=True, exist_ok=True)
-        if background:
-            self._background.start(
-                parts,
-                tmp,
-                finish if ranks.is_rank_zero() else None,
-                timeout,
-            )
-            return str(final)
-        try:
-            sharded.write_parts(parts, tmp, write_group(timeout))
-        except Exception as err:
-            raise exceptions.CheckpointWriteError(
-                folder, f'{err.__class__.__name__}: {err}'
-            ) from err
-        return agreement.on_rank_zero(
-            finish,
-            'complete a checkpoint in parts',
-            timeout,
-            failure=lambda cause: exceptions.CheckpointWriteError(
-                folder, f'on rank zero, {cause}'
-            ),
-        )
-
-    def wait(self, timeout: float | None = None) -> str | None:
-        """Wait for the background write in flight, if any (collective).
-
-        Every rank calls it at the same point: a write that failed on any
-        rank raises ``CheckpointWriteError`` on every rank here.
-
-        Returns:
-            Where the checkpoint went, on rank zero; None elsewhere, or
-            when no write was in flight.
-
-        """
-        return self._background.wait(timeout)
-
-    @property
-    def writing(self) -> bool:
-        """Whether a background write has started and not been waited for."""
-        return self._background.pending
-
-    def export(
-        self,
-        target: str | os.PathLike[str],
-        checkpoint: CheckpointInfo | str | os.PathLike[str] | None = None,
-    ) -> pathlib.Path:
-        """One file of the single-file format from a checkpoint in parts.
-
-        ``checkpoint`` defaults to the one ``latest`` names.  Runs in one
-        process and reads every part; the file loads into a plain module
-        (``torch.load(target)['model']['module']``), and through
-        :meth:`read` as a checkpoint.  A file checkpoint is copied as is.
-
-        Raises:
-            CheckpointNotFoundError: when there is no checkpoint.
-            CheckpointUnreadableError: when the checkpoint cannot be read.
-
-        """
-        if checkpoint is None:
-            path = self.choose().path
-        elif isinstance(checkpoint, CheckpointInfo):
-            path = checkpoint.path
-        else:
-            path = pathlib.Path(checkpoint)
-        out = pathlib.Path(target)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if not path.is_dir():
-            state = self.read(path)
-            tmp = housekeeping.temporary_path(out)
-            with tmp.open('wb') as stream:
-                torch.save(state, stream)
-            os.replace(tmp, out)
-            return out
-        try:
-            return sharded.export(path, out)
-        except Exception as err:
-            raise CheckpointUnreadableError(path, err) from err
 
     def _publish(
         self,
