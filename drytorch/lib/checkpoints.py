@@ -114,8 +114,9 @@ class LocalCheckpoint(CheckpointParts):
             that do not fit in one device's memory, and to spread the
             writes over the ranks; such a checkpoint loads into any number
             of ranks at an epoch boundary, and :meth:`export` turns it
-            into one file.  None (the default): single files, unless
-            ``async_checkpoint``.
+            into one file.  None (the default): parts for a model sharded
+            over the ranks (FSDP) or with ``async_checkpoint``, single
+            files otherwise.
         async_checkpoint: write checkpoints in the background: a save
             blocks training only while each rank copies its part to host
             memory (see :mod:`drytorch.lib.background_saves`); a
@@ -173,6 +174,16 @@ class LocalCheckpoint(CheckpointParts):
     def bind(self, model_name: str) -> None:
         """Attach to a model (its name is the sub-folder)."""
         self.model_name = model_name
+
+    def suit_sharded_model(self) -> None:
+        """Write in parts for a sharded model, unless asked not to.
+
+        Called by a model sharded over the ranks (FSDP): a single file
+        would pass the whole model through rank zero's memory, which is
+        what sharding avoids.  ``sharded=False`` keeps single files.
+        """
+        if self._sharded_asked is None:
+            self.sharded = True
 
     @property
     def directory(self) -> pathlib.Path:

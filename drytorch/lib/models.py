@@ -201,6 +201,9 @@ class Model:
         self.epoch = 0
         self.checkpoint = checkpoint or LocalCheckpoint()
         self.checkpoint.bind(self.name)
+        suit = getattr(self.checkpoint, 'suit_sharded_model', None)
+        if self.sharded and suit is not None:
+            suit()  # its checkpoints are in parts: no gather on rank zero
         self.mixed_precision = bool(mixed_precision)
         if choice.policy is not None:  # no dtype to cast to: full precision
             self.mixed_precision = choice.policy.param_dtype is not None

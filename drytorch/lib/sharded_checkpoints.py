@@ -38,7 +38,6 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Iterator
-from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -62,7 +61,6 @@ __all__ = [
     'parts_of',
     'read_state',
     'remove',
-    'start_parts',
     'write_parts',
     'write_state',
 ]
@@ -106,7 +104,56 @@ def parts_of(model: Model, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     parts: dict[str, Any] = {'model': get_model_state_dict(model.module)}
     if optimizer.state:
         parts['optimizer'] = get_optimizer_state_dict(model.module, optimizer)
+    if ranks.is_distributed() and not model.sharded:
+        return _share_of_replicas(parts)
     return parts
+
+
+def _share_of_replicas(parts: dict[str, Any]) -> dict[str, Any]:
+    """This rank's share of a replicated state: whole tensors, by size.
+
+    Under DDP every rank holds every tensor.  torch.distributed.checkpoint
+    would write each once anyway, but only after every rank had staged all
+    of them; giving each rank its own share first halves (on 2 ranks) what
+    each copies and writes.  A parameter goes with its optimizer state;
+    shares are balanced greedily, largest first, the same on every rank;
+    the parameter groups (no tensors) go with rank zero.
+    """
+    model_state = parts['model']
+    optimizer_state = parts.get('optimizer', {}).get('state', {})
+
+    def size(name: str) -> int:
+        tensors = [model_state[name], *optimizer_state.get(name, {}).values()]
+        return sum(
+            t.numel() * t.element_size()
+            for t in tensors
+            if isinstance(t, torch.Tensor)
+        )
+
+    world = ranks.get_world_size()
+    loads = [0] * world
+    owner: dict[str, int] = {}
+    for name in sorted(model_state, key=lambda n: (-size(n), n)):
+        rank = min(range(world), key=lambda r: (loads[r], r))
+        owner[name] = rank
+        loads[rank] += size(name)
+    mine = ranks.get_rank()
+    share: dict[str, Any] = {
+        'model': {n: t for n, t in model_state.items() if owner[n] == mine}
+    }
+    if 'optimizer' in parts:
+        share['optimizer'] = {
+            'state': {
+                n: v
+                for n, v in optimizer_state.items()
+                if owner.get(n) == mine
+            }
+        }
+        if mine == 0:
+            share['optimizer']['param_groups'] = parts['optimizer'][
+                'param_groups'
+            ]
+    return share
 
 
 def _writer(folder: pathlib.Path) -> Any:
@@ -135,30 +182,6 @@ def write_parts(
             process_group=group,
             no_dist=not ranks.is_distributed(),
         )
-
-
-def start_parts(
-    parts: dict[str, Any],
-    folder: pathlib.Path,
-    group: ProcessGroup | None,
-) -> Future[Any]:
-    """Stage this rank's part in host memory and write it in the background.
-
-    Returns once the copy is made, which is all the training thread waits
-    for; the write, and its collectives on ``group`` (a group of its own,
-    so that they never interleave with training's), run on a thread.
-    """
-    import torch.distributed.checkpoint as dcp
-
-    with _quiet():
-        response = dcp.async_save(
-            parts,
-            storage_writer=_writer(folder),
-            process_group=group,
-            no_dist=not ranks.is_distributed(),
-        )
-    future = getattr(response, 'upload_completion', response)
-    return future
 
 
 def write_state(folder: pathlib.Path, payload: bytes) -> None:
