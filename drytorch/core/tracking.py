@@ -131,7 +131,7 @@ class _Update(NamedTuple):
 
     event: log_events.IterateBatchEvent
     metrics: Mapping[str, Any]
-    batches_done: int
+    advanced: int
 
 
 def _check_trackers(
@@ -407,10 +407,10 @@ class EventDispatcher:
         clone = copy.copy(event)
         object.__setattr__(clone, 'push_updates', [])
 
-        def forward(metrics: Mapping[str, Any], batches_done: int) -> None:
+        def forward(metrics: Mapping[str, Any], advanced: int) -> None:
             # queued even while the copy has no callback yet: the worker
             # may not have reached the event that registers them
-            update = _Update(clone, dict(metrics), batches_done)
+            update = _Update(clone, dict(metrics), advanced)
             worker.put(update, (_UPDATES,))
 
         event.push_updates.append(forward)
@@ -420,7 +420,7 @@ class EventDispatcher:
         """Call one tracker; a tracker that raises is dropped, never fatal."""
         if handler is _UPDATES:
             for push in item.event.push_updates:
-                push(item.metrics, item.batches_done)
+                push(item.metrics, item.advanced)
             return
         if self._trackers.get(handler.name) is not handler.tracker:
             return  # removed or dropped after the event was queued
@@ -440,12 +440,12 @@ class EventDispatcher:
     ) -> Callable[[Mapping[str, Any], int], None]:
         """A progress callback that drops its tracker instead of raising."""
 
-        def guarded(metrics: Mapping[str, Any], batches_done: int) -> None:
+        def guarded(metrics: Mapping[str, Any], advanced: int) -> None:
             if self._trackers.get(handler.name) is not handler.tracker:
                 return
             self._pushing = handler
             try:
-                push(metrics, batches_done)
+                push(metrics, advanced)
             except Exception as err:  # noqa: BLE001
                 self._drop(handler, 'a progress update', err)
             finally:

@@ -192,11 +192,11 @@ class TqdmLogger(Tracker):
         if bar is not None:
             # the same loop again (next epoch): reuse its bar, which is
             # cheaper than a new one and does not flicker
-            bar.reset(total=event.num_batches)
+            bar.reset(total=event.n_iter)
             bar.update(event.start_batch)
         else:
             bar = tqdm(
-                total=event.num_batches,
+                total=event.n_iter,
                 initial=event.start_batch,
                 desc=event.source_name,
                 unit='batch',
@@ -206,13 +206,17 @@ class TqdmLogger(Tracker):
             )
             self._batch_bars[event.source_name] = bar
 
-        def push(metrics: Mapping[str, Any], batches_done: int) -> None:
+        done = 0  # the increments add up to the position in the loop
+
+        def push(metrics: Mapping[str, Any], advanced: int) -> None:
+            nonlocal done
+            done += advanced
             if metrics:
                 bar.set_postfix(
                     {k: f'{v:.4g}' for k, v in metrics.items()},
                     refresh=False,
                 )
-            bar.update(batches_done - bar.n)
+            bar.update(done - bar.n)
 
         event.push_updates.append(push)
         return super().notify(event)
@@ -241,10 +245,13 @@ class TqdmLogger(Tracker):
         """
         began = _clock()
         start = event.start_batch
-        total = event.num_batches
+        total = event.n_iter
         of_total = f'/{total}' if total is not None else ''
+        batches_done = 0
 
-        def push(metrics: Mapping[str, Any], batches_done: int) -> None:
+        def push(metrics: Mapping[str, Any], advanced: int) -> None:
+            nonlocal batches_done
+            batches_done += advanced
             now = _clock()
             if now - max(began, self._last_line) < self.interval:
                 return

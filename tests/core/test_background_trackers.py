@@ -258,7 +258,7 @@ def test_failing_progress_callback_drops_only_its_tracker(
         exp.create_run() as run,
     ):
         event = log_events.IterateBatchEvent(
-            source_name='train', batch_size=4, dataset_size=40
+            source_name='train', batch_size=4, dataset_size=40, n_iter=None
         )
         for done in (1, 2, 3):
             event.update({'loss': float(done)}, done)

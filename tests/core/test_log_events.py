@@ -75,7 +75,12 @@ def every_event() -> list[tuple[type[log_events.Event], dict[str, Any]]]:
         ),
         (
             log_events.IterateBatchEvent,
-            {'source_name': 's', 'batch_size': 4, 'dataset_size': 10},
+            {
+                'source_name': 's',
+                'batch_size': 4,
+                'dataset_size': 10,
+                'n_iter': 3,
+            },
         ),
         (
             log_events.TerminatedTrainingEvent,
@@ -194,7 +199,7 @@ def test_iterate_batch_update_calls_every_push_callback(
 
     with experiment.create_run():
         event = log_events.IterateBatchEvent(
-            source_name='train', batch_size=8, dataset_size=80, num_batches=10
+            source_name='train', batch_size=8, dataset_size=80, n_iter=10
         )
         event.push_updates.append(
             lambda metrics, done: pushed.append(('a', dict(metrics), done))
@@ -228,7 +233,10 @@ def test_iterate_batch_callbacks_added_by_trackers(
     experiment.trackers.subscribe(Progress())
     with experiment.create_run():
         event = log_events.IterateBatchEvent(
-            source_name='train', batch_size=None, dataset_size=None
+            source_name='train',
+            batch_size=None,
+            dataset_size=None,
+            n_iter=None,
         )
         event.update({'acc': 0.5}, 1)
     assert pushed == [({'acc': 0.5}, 1)]

@@ -163,7 +163,7 @@ def test_a_stuck_progress_callback_drops_its_tracker_only(
         exp.create_run() as run,
     ):
         event = log_events.IterateBatchEvent(
-            source_name='train', batch_size=4, dataset_size=40
+            source_name='train', batch_size=4, dataset_size=40, n_iter=None
         )
         event.update({'loss': 1.0}, 1)
         assert exp.trackers.flush(10)

@@ -78,7 +78,7 @@ def test_test_is_announced_around_its_metrics(
     start, iterate, metric, end = events
     assert start.model_name == end.model_name == metric.model_name == 'net'
     assert iterate.source_name == metric.source_name == 'Test'
-    assert (iterate.num_batches, iterate.dataset_size) == (4, 10)
+    assert (iterate.n_iter, iterate.dataset_size) == (4, 10)
     assert set(metric.metrics) == {'MSE', 'MAE'}
     assert test.metrics == metric.metrics
 

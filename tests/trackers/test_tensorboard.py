@@ -449,17 +449,20 @@ def test_batch_scalars_of_loops_with_and_without_a_position(
                 source_name='probe',
                 batch_size=None,
                 dataset_size=None,
-                num_batches=4,
+                n_iter=4,
                 model_name='a/b',
             )
             loop.update({'loss': attempt}, 2)
-            loop.update({'loss': attempt + 0.5}, 4)
+            loop.update({'loss': attempt + 0.5}, 2)
         for _ in (1, 2):  # neither model nor length: a running count
             loop = log_events.IterateBatchEvent(
-                source_name='..', batch_size=None, dataset_size=None
+                source_name='..',
+                batch_size=None,
+                dataset_size=None,
+                n_iter=None,
             )
             loop.update({'loss': 1.0}, 2)
-            loop.update({'loss': 2.0}, 4)
+            loop.update({'loss': 2.0}, 2)
     root = tmp_path / 't' / 'runs' / 'r' / 'tensorboard' / 'batches'
     assert _scalars(root / 'a%2Fb' / 'probe', 'batch/a/b/probe/loss') == [
         (2, 2.0),

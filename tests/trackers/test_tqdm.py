@@ -42,10 +42,10 @@ def train(epochs: int, batches: int) -> list[log_events.IterateBatchEvent]:
             source_name='trainer',
             batch_size=2,
             dataset_size=2 * batches,
-            num_batches=batches,
+            n_iter=batches,
         )
         loop.update({'loss': 0.5}, batches // 2)
-        loop.update({'loss': 0.25}, batches)
+        loop.update({'loss': 0.25}, batches - batches // 2)
         loops.append(loop)
         log_events.EndEpochEvent(
             source_name='trainer', model_name='net', epoch=epoch
@@ -96,7 +96,7 @@ def test_resumed_loop_starts_where_it_stopped(
             source_name='trainer',
             batch_size=2,
             dataset_size=40,
-            num_batches=20,
+            n_iter=20,
             start_batch=15,
         )
         loop.update({}, 15)
@@ -127,7 +127,7 @@ def test_clean_up_closes_bars_of_an_interrupted_run(
             source_name='trainer', model_name='net', start_epoch=1, end_epoch=5
         )
         log_events.IterateBatchEvent(
-            source_name='trainer', batch_size=1, dataset_size=5, num_batches=5
+            source_name='trainer', batch_size=1, dataset_size=5, n_iter=5
         )
         assert len(tqdm.tqdm._instances) == 2
         raise RuntimeError('crash mid-epoch')
@@ -172,11 +172,11 @@ def _loop_updates(clock: _Clock, batches: int, step_s: float) -> None:
         source_name='trainer',
         batch_size=2,
         dataset_size=2 * batches,
-        num_batches=batches,
+        n_iter=batches,
     )
     for done in range(1, batches + 1):
         clock.now += step_s
-        loop.update({'loss': 1.0 / done}, done)
+        loop.update({'loss': 1.0 / done}, 1)
 
 
 @pytest.mark.parametrize('interval', [None, 5.0])
@@ -316,15 +316,15 @@ def test_a_nested_loop_does_not_double_the_lines(
     exp = experiment(tmp_path, TqdmLogger(file=memory, interval=10))
     with exp.create_run():
         outer = log_events.IterateBatchEvent(
-            source_name='trainer', batch_size=1, dataset_size=90
+            source_name='trainer', batch_size=1, dataset_size=90, n_iter=None
         )
         inner = log_events.IterateBatchEvent(
-            source_name='test', batch_size=1, dataset_size=90
+            source_name='test', batch_size=1, dataset_size=90, n_iter=None
         )
         for done in range(1, 91):  # 1 s apart, both loops
             clock.now += 1.0
-            outer.update({'loss': 1.0}, done)
-            inner.update({'loss': 2.0}, done)
+            outer.update({'loss': 1.0}, 1)
+            inner.update({'loss': 2.0}, 1)
     lines = memory.getvalue().splitlines()
     # 90 s: one line every 10 s (8 after the first whole interval)
     assert len(lines) == 9, lines
