@@ -321,7 +321,7 @@ def test_a_nested_loop_does_not_double_the_lines(
         inner = log_events.IterateBatchEvent(
             source_name='test', batch_size=1, dataset_size=90, n_iter=None
         )
-        for done in range(1, 91):  # 1 s apart, both loops
+        for _ in range(1, 91):  # 1 s apart, both loops
             clock.now += 1.0
             outer.update({'loss': 1.0}, 1)
             inner.update({'loss': 2.0}, 1)
