@@ -284,7 +284,7 @@ class TrainerLoop:
                 TensorDataset(*data), config.batch_size, seed=config.seed
             ),
             loss=loss,
-            learning_schema=drytorch.LearningSchema.AdamW(lr=config.lr),
+            learning_schema=drytorch.LearningSchema.adam_w(base_lr=config.lr),
             sync_every=sync_every,
         )
         assert len(self.trainer.accumulator.names) == N_METRICS

@@ -97,8 +97,8 @@ def train_digits(
         model = drytorch.Model(build_network(config), name='mlp')
         loss = drytorch.Loss(objectives.cross_entropy, 'CrossEntropy')
         accuracy = drytorch.Metric(objectives.accuracy, 'Accuracy')
-        schema = drytorch.LearningSchema.AdamW(
-            lr=config.lr,
+        schema = drytorch.LearningSchema.adam_w(
+            base_lr=config.lr,
             scheduler=schedulers.CosineScheduler(
                 decay_steps=config.epochs, min_decay=0.05
             ).with_warmup(2),

@@ -424,10 +424,7 @@ class Trainer(Checkpointing, Runner):
         self.optimizer.zero_grad(set_to_none=True)
         scaler = self.scaler
         schema = self.learning_schema
-        clip = (
-            schema.clip_grad_norm is not None
-            or schema.clip_grad_value is not None
-        )
+        clip = schema.modifies_gradients
         if scaler.is_enabled():
             scaler.scale(loss).backward()
             if clip:

@@ -122,7 +122,7 @@ def _train(counter: BroadcastCounter, out: dict[str, Any]) -> dict[str, Any]:
             make_dataset(N_TRAIN, seed=0), TRAIN_BATCH, seed=0
         ),
         loss=drytorch.Loss('CrossEntropy'),
-        learning_schema=drytorch.LearningSchema.SGD(lr=LR),
+        learning_schema=drytorch.LearningSchema.sgd(base_lr=LR),
     )
     trainer.add_validation(
         drytorch.DataLoader(make_dataset(N_VALIDATION, seed=1), EVAL_BATCH)

@@ -59,7 +59,7 @@ def _trainer(
         model,
         loader=drytorch.DataLoader(_data(), 4, seed=1),
         loss=drytorch.Loss('MSE'),
-        learning_schema=drytorch.LearningSchema.SGD(0.01),
+        learning_schema=drytorch.LearningSchema.sgd(0.01),
         sync_every=2,
         **kwargs,
     )

@@ -20,7 +20,7 @@ from torch.utils.data import TensorDataset
 
 import drytorch
 from drytorch.distributed import ranks, teardown_distributed
-from drytorch.lib import hooks, learning, objectives, schedulers
+from drytorch.lib import gradient_ops, hooks, learning, objectives, schedulers
 
 N_FEATURES = 6
 N_CLASSES = 3
@@ -111,10 +111,14 @@ def _train(
     )
     out: dict[str, Any] = {'shard_units': model.shard_units}
     out['params'] = _local_numel(list(model.module.parameters()))
-    schema = drytorch.LearningSchema.Adam(
-        lr=LR,
+    schema = drytorch.LearningSchema.adam(
+        base_lr=LR,
         scheduler=schedulers.CosineScheduler(EPOCHS).with_warmup(1),
-        clip_grad_norm=clip,
+        gradient_op=(
+            gradient_ops.NoOp()
+            if clip is None
+            else gradient_ops.GradNormClipper(clip)
+        ),
     )
     trainer = drytorch.Trainer(
         model,

@@ -216,7 +216,7 @@ def _frozen_epoch(dataset: TensorDataset, eval_batch: int) -> dict[str, Any]:
         model,
         loader=drytorch.DataLoader(dataset, TRAIN_BATCH, seed=0),
         loss=loss,
-        learning_schema=drytorch.LearningSchema.SGD(lr=FROZEN_LR),
+        learning_schema=drytorch.LearningSchema.sgd(base_lr=FROZEN_LR),
         sync_every=TRAIN_SYNC,
     )
     trainer.add_validation(drytorch.DataLoader(dataset, eval_batch))
@@ -284,7 +284,7 @@ def _count(
         name=f'Trainer_m{n_metrics}_n{every}',
         loader=loader,
         loss=loss,
-        learning_schema=drytorch.LearningSchema.SGD(lr=0.01),
+        learning_schema=drytorch.LearningSchema.sgd(base_lr=0.01),
         sync_every=every,
     )
     before = counter.calls
@@ -325,7 +325,7 @@ def _train_for_real(dataset: TensorDataset) -> list[float]:
         model,
         loader=drytorch.DataLoader(dataset, TRAIN_BATCH, seed=3),
         loss=drytorch.Loss('CrossEntropy'),
-        learning_schema=drytorch.LearningSchema.Adam(lr=0.01),
+        learning_schema=drytorch.LearningSchema.adam(base_lr=0.01),
     )
     trainer.train(2)
     return [
@@ -365,7 +365,7 @@ def train_until_killed(
             model,
             loader=drytorch.DataLoader(dataset, 8, seed=0),
             loss=drytorch.Loss(cross_entropy, 'CrossEntropy'),
-            learning_schema=drytorch.LearningSchema.SGD(lr=0.01),
+            learning_schema=drytorch.LearningSchema.sgd(base_lr=0.01),
             sync_every=2,
         )
         try:
@@ -417,7 +417,7 @@ def forced_group_training(par_dir: str) -> dict[str, Any]:
                 model,
                 loader=drytorch.DataLoader(make_dataset(), TRAIN_BATCH),
                 loss=drytorch.Loss('CrossEntropy'),
-                learning_schema=drytorch.LearningSchema.SGD(lr=FROZEN_LR),
+                learning_schema=drytorch.LearningSchema.sgd(base_lr=FROZEN_LR),
                 sync_every=TRAIN_SYNC,
             )
             trainer.train(1)

@@ -335,7 +335,7 @@ def train_one(
         model,
         loader=loader(train_set, seed=3),
         loss=loss,
-        learning_schema=drytorch.LearningSchema.Adam(lr=0.05),
+        learning_schema=drytorch.LearningSchema.adam(base_lr=0.05),
         sync_every=args.sync_every,
     )
     cue.trainer = trainer

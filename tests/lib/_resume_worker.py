@@ -45,8 +45,8 @@ def build() -> drytorch.Trainer:
         nn.Linear(16, 1),
     )
     model = drytorch.Model(network, name='net', device='cpu')
-    schema = drytorch.LearningSchema.Adam(
-        lr=0.03,
+    schema = drytorch.LearningSchema.adam(
+        base_lr=0.03,
         scheduler=schedulers.CosineScheduler(EPOCHS).with_warmup(1),
     )
     trainer = drytorch.Trainer(

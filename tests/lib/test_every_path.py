@@ -454,14 +454,14 @@ def pretrain_then_finetune(script: Scripted) -> dict[str, Any]:
         model,
         loader=data,
         loss=drytorch.Loss('MSE'),
-        learning_schema=drytorch.LearningSchema.SGD(0.05),
+        learning_schema=drytorch.LearningSchema.sgd(0.05),
     )
     finetune = drytorch.Trainer(
         model,
         'Finetune',
         loader=drytorch.DataLoader(_support.regression_data(24, 3), 8),
         loss=drytorch.Loss('MAE'),
-        learning_schema=drytorch.LearningSchema.Adam(0.01),
+        learning_schema=drytorch.LearningSchema.adam(0.01),
     )
     pretrain.train(2)
     finetune.train(2)
@@ -477,7 +477,7 @@ def two_models(script: Scripted) -> dict[str, Any]:
             model,
             loader=drytorch.DataLoader(_support.regression_data(), 8, seed=0),
             loss=drytorch.Loss('MSE'),
-            learning_schema=drytorch.LearningSchema.SGD(0.05),
+            learning_schema=drytorch.LearningSchema.sgd(0.05),
         )
     trainers['a'].train(2)
     trainers['b'].train(2)

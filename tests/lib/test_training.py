@@ -177,7 +177,7 @@ def test_iterate_batch_pushes_running_metrics(
 
 
 def test_early_stopping_ends_training(recorder: RecordingTracker) -> None:
-    trainer = _support.make_trainer(schema=LearningSchema.SGD(1e-4))
+    trainer = _support.make_trainer(schema=LearningSchema.sgd(1e-4))
     trainer.add_validation(drytorch.DataLoader(_support.regression_data(), 8))
     # an improvement must be larger than any the tiny rate can make
     stopper = hooks.EarlyStoppingCallback(
@@ -192,7 +192,7 @@ def test_early_stopping_ends_training(recorder: RecordingTracker) -> None:
 
 
 def test_early_stopping_waits_while_the_metric_improves() -> None:
-    trainer = _support.make_trainer(schema=LearningSchema.SGD(0.05))
+    trainer = _support.make_trainer(schema=LearningSchema.sgd(0.05))
     stopper = hooks.EarlyStoppingCallback(
         patience=1, start_from_epoch=1, source='training'
     )
@@ -205,7 +205,7 @@ def test_early_stopping_waits_while_the_metric_improves() -> None:
 def test_reduce_lr_on_plateau_lowers_the_rate(
     recorder: RecordingTracker,
 ) -> None:
-    trainer = _support.make_trainer(schema=LearningSchema.SGD(0.1))
+    trainer = _support.make_trainer(schema=LearningSchema.sgd(0.1))
     rates = lr_log(trainer)
     trainer.post_epoch_hooks.append(
         hooks.ReduceLROnPlateau(factor=0.5, patience=1, min_delta=10.0)
@@ -224,7 +224,7 @@ def test_reduce_lr_on_plateau_lowers_the_rate(
 def test_learning_rate_follows_the_schedule_each_epoch() -> None:
     schedule = schedulers.ExponentialScheduler(exp_decay=0.5)
     trainer = _support.make_trainer(
-        schema=LearningSchema.SGD(0.1, scheduler=schedule)
+        schema=LearningSchema.sgd(0.1, scheduler=schedule)
     )
     rates = lr_log(trainer)
     trainer.train(3)
@@ -236,7 +236,7 @@ def test_update_learning_rate_emits_an_event_and_applies(
 ) -> None:
     schedule = schedulers.ExponentialScheduler(exp_decay=0.5)
     trainer = _support.make_trainer(
-        schema=LearningSchema.SGD(0.1, scheduler=schedule)
+        schema=LearningSchema.sgd(0.1, scheduler=schedule)
     )
     rates = lr_log(trainer)
     trainer.train(2)
@@ -287,7 +287,7 @@ def test_non_finite_loss_is_found_past_a_full_window() -> None:
 def test_trainer_refuses_what_is_not_a_loss_or_loader() -> None:
     model = drytorch.Model(_support.linear(), device='cpu')
     loader = drytorch.DataLoader(_support.regression_data(), 8)
-    schema = LearningSchema.SGD(0.1)
+    schema = LearningSchema.sgd(0.1)
     with pytest.raises(TypeError, match=r'must be a drytorch\.Loss'):
         drytorch.Trainer(
             model,

@@ -257,7 +257,7 @@ def main(
             model,
             loader=drytorch.DataLoader(train_set, args.batch_size, seed=3),
             loss=loss,
-            learning_schema=drytorch.LearningSchema.Adam(lr=0.05),
+            learning_schema=drytorch.LearningSchema.adam(base_lr=0.05),
             sync_every=args.sync_every,
         )
         trainer.add_validation(

@@ -50,7 +50,7 @@ def test_training_finishes_and_healthy_trackers_are_complete(
                 model,
                 loader=DataLoader(_data(), 16),
                 loss=Loss('MSE'),
-                learning_schema=LearningSchema.SGD(0.05),
+                learning_schema=LearningSchema.sgd(0.05),
             )
             trainer.add_validation(DataLoader(_data(), 32))
             trainer.train(2)

@@ -310,7 +310,7 @@ def _trainer(at: int = 0, scale: float = 1.0) -> drytorch.Trainer:
         drytorch.Model(Cue(at), name='net', device='cpu'),
         loader=drytorch.DataLoader(_data(40, 0), 8, seed=0),
         loss=drytorch.Loss(loss, 'loss'),
-        learning_schema=drytorch.LearningSchema.SGD(0.05),
+        learning_schema=drytorch.LearningSchema.sgd(0.05),
         sync_every=2,
     )
     trainer.add_validation(drytorch.DataLoader(_data(24, 1), 8))

@@ -261,7 +261,7 @@ def _train_small(
             model,
             loader=drytorch.DataLoader(data, 8),
             loss=drytorch.Loss('MSE'),
-            learning_schema=drytorch.LearningSchema.SGD(0.05),
+            learning_schema=drytorch.LearningSchema.sgd(0.05),
         )
         trainer.add_validation(drytorch.DataLoader(data, 16))
         trainer.train(epochs)
