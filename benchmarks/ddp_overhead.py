@@ -389,7 +389,7 @@ def measure(
         name: statistics.median(seconds[name]) / steps[name]
         for name in VARIANTS
     }
-    trainer_metrics = loops['trainer'].trainer.metrics
+    trainer_metrics = loops['trainer'].trainer.computed_metrics
     hand_metrics = loops['hand'].metrics
     return {
         'backend': dist.get_backend(),

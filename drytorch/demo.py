@@ -114,7 +114,7 @@ def train_digits(
         trainer.add_validation(
             drytorch.DataLoader(val_set, 256, seed=config.seed)
         )
-        trainer.post_epoch_hooks.append(hooks.SaveEveryEpochs(5))
+        trainer.post_epoch_hooks.register(hooks.SaveEveryEpochs(5))
         trainer.train(config.epochs)
         test = drytorch.Test(
             model,
@@ -123,8 +123,8 @@ def train_digits(
         )
         test()
         if ranks.is_rank_zero():
-            _summary(run, test.metrics, ranks.get_world_size())
-        return test.metrics
+            _summary(run, test.computed_metrics, ranks.get_world_size())
+        return test.computed_metrics
 
 
 def _summary(

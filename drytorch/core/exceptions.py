@@ -20,6 +20,7 @@ __all__ = [
     'DryTorchWarning',
     'EpochCountError',
     'LossNotScalarError',
+    'MetricNotFoundError',
     'MissingDependencyError',
     'ModelAlreadyRegisteredError',
     'NameNotValidError',
@@ -27,6 +28,7 @@ __all__ = [
     'NotAFolderError',
     'PreemptedExit',
     'REQUEUE_EXIT_CODE',
+    'ResultNotAvailableError',
     'RunAlreadyExistsError',
     'RunAlreadyRunningError',
     'RunNotFoundWarning',
@@ -317,4 +319,32 @@ class WorldSizeChangedError(DryTorchError):
             'position cannot be mapped; relaunch with the same number of '
             f'processes ({saved}), or load the last end-of-epoch '
             'checkpoint with `load_checkpoint(epoch)`.'
+        )
+
+
+class MetricNotFoundError(DryTorchError, KeyError):
+    """Raised when a hook monitors a metric that the evaluation lacks."""
+
+    def __init__(
+        self, source_name: str, metric_name: str, found: Iterable[str] = ()
+    ) -> None:
+        self.source_name, self.metric_name = source_name, metric_name
+        names = sorted(found)
+        super().__init__(
+            f'{source_name} computed no metric {metric_name!r} (it computed '
+            f'{names}); pass one of those as `metric`, or the objective '
+            'itself.'
+        )
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
+class ResultNotAvailableError(DryTorchError):
+    """Raised when a monitored value is read before any was recorded."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            'No value has been recorded yet: the hook has not run after an '
+            'epoch whose metrics it monitors.'
         )

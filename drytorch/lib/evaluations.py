@@ -79,7 +79,7 @@ class Evaluation(Runner):
         )
         self.store_outputs = store_outputs
         self.outputs: list[Any] = []
-        self.metrics: dict[str, float] = {}
+        self.computed_metrics: dict[str, float] = {}
         self._local_outputs: list[Any] = []
         if register:
             self.register()
@@ -134,7 +134,7 @@ class Evaluation(Runner):
             # stopped early: nothing to publish, the pass runs again on
             # resume; a pass whose last step read the flag is complete
             return outcome
-        self.metrics = outcome.metrics
+        self.computed_metrics = outcome.metrics
         if self.store_outputs:
             self.outputs = self._gather_outputs()
         log_events.MetricEvent(

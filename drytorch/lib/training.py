@@ -29,6 +29,7 @@ from drytorch.distributed.preemption import watcher
 from drytorch.distributed.reduce import Flag, PackedReducer
 from drytorch.lib import trainer_state
 from drytorch.lib.evaluations import Validation, _compute
+from drytorch.lib.hook_registry import HookRegistry
 from drytorch.lib.learning import LearningSchema
 from drytorch.lib.loading import DataLoader
 from drytorch.lib.models import Model
@@ -38,8 +39,6 @@ from drytorch.lib.runners import LoopOutcome, Runner, to_device, unpack_batch
 from drytorch.lib.trainer_checkpointing import Checkpointing
 
 __all__ = ['Trainer']
-
-Hook = Callable[['Trainer'], None]
 
 
 def _epoch_count(name: str, value: Any) -> int:
@@ -98,9 +97,9 @@ class Trainer(Checkpointing, Runner):
         )
         self.validation: Validation | None = None
         self.validation_interval = 1
-        self.pre_epoch_hooks: list[Hook] = []
-        self.post_epoch_hooks: list[Hook] = []
-        self.metrics: dict[str, float] = {}
+        self.pre_epoch_hooks: HookRegistry[Trainer] = HookRegistry()
+        self.post_epoch_hooks: HookRegistry[Trainer] = HookRegistry()
+        self.computed_metrics: dict[str, float] = {}
         self.base_lr: float | dict[str, float] | None = None
         self.terminated: str | None = None
         self.checkpoint_timeout = agreement_timeout(checkpoint_timeout)
@@ -401,7 +400,7 @@ class Trainer(Checkpointing, Runner):
             self._preempt(epoch - 1, outcome.steps_done, 'train', call, end)
         self.model.epoch = epoch
         self._revision += 1
-        self.metrics = outcome.metrics
+        self.computed_metrics = outcome.metrics
         if outcome.terminate:
             self.terminate_requested = True
         log_events.MetricEvent(

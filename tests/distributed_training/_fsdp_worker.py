@@ -138,8 +138,8 @@ def _train(
     forward_dtypes: set[torch.dtype] = set()
 
     def record(_: drytorch.Trainer) -> None:
-        out['train'].append(trainer.metrics['CE'])
-        out['validation'].append(validation.metrics['CE'])
+        out['train'].append(trainer.computed_metrics['CE'])
+        out['validation'].append(validation.computed_metrics['CE'])
         out['lr'].append(trainer.optimizer.param_groups[0]['lr'])
 
     def spy(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
@@ -154,11 +154,11 @@ def _train(
         metric=drytorch.Loss(objectives.cross_entropy, 'CE'),
     )
     before()
-    out['before'] = dict(before.metrics)
+    out['before'] = dict(before.computed_metrics)
     model.module[0].register_forward_hook(spy)
-    trainer.post_epoch_hooks.append(hooks.ReduceLROnPlateau(patience=1))
-    trainer.post_epoch_hooks.append(hooks.SaveEveryEpochs())
-    trainer.post_epoch_hooks.append(record)
+    trainer.post_epoch_hooks.register(hooks.ReduceLROnPlateau(patience=1))
+    trainer.post_epoch_hooks.register(hooks.SaveEveryEpochs())
+    trainer.post_epoch_hooks.register(record)
     trainer.train(EPOCHS)
     out['forward_dtypes'] = sorted(str(d) for d in forward_dtypes)
     out['param_dtypes'] = sorted(
@@ -181,7 +181,7 @@ def _train(
         store_outputs=True,
     )
     test()
-    out['test'] = dict(test.metrics)
+    out['test'] = dict(test.computed_metrics)
     out['outputs'] = torch.stack(test.outputs) if test.outputs else None
     return out
 

@@ -236,9 +236,9 @@ def _frozen_epoch(dataset: TensorDataset, eval_batch: int) -> dict[str, Any]:
     )
     assert trainer.validation is not None
     return {
-        'train_metrics': trainer.metrics,
-        'validation_metrics': trainer.validation.metrics,
-        'test_metrics': test.metrics,
+        'train_metrics': trainer.computed_metrics,
+        'validation_metrics': trainer.validation.computed_metrics,
+        'test_metrics': test.computed_metrics,
         'test_outputs': (
             torch.stack(test.outputs) if test.outputs else torch.empty(0)
         ),
@@ -430,7 +430,7 @@ def forced_group_training(par_dir: str) -> dict[str, Any]:
                 'ddp': model._ddp is not None,
                 'reducer_calls': trainer.reducer.calls,
                 'all_reduce': counter.calls,
-                'train_metrics': trainer.metrics,
+                'train_metrics': trainer.computed_metrics,
             }
     finally:
         teardown_distributed()

@@ -80,7 +80,7 @@ def test_test_is_announced_around_its_metrics(
     assert iterate.source_name == metric.source_name == 'Test'
     assert (iterate.n_iter, iterate.dataset_size) == (4, 10)
     assert set(metric.metrics) == {'MSE', 'MAE'}
-    assert test.metrics == metric.metrics
+    assert test.computed_metrics == metric.metrics
 
 
 def test_test_ends_even_when_the_metric_fails(
@@ -129,7 +129,7 @@ def test_structured_outputs_are_split_per_sample() -> None:
     test()
     assert [o['first'].item() for o in test.outputs] == [0, 2, 4, 6]
     assert [o['sum'].item() for o in test.outputs] == [1, 5, 9, 13]
-    assert test.metrics['Sum'] == pytest.approx(7.0)
+    assert test.computed_metrics['Sum'] == pytest.approx(7.0)
 
 
 def test_outputs_are_kept_only_when_asked() -> None:

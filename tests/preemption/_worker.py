@@ -263,11 +263,11 @@ def main(
         trainer.add_validation(
             drytorch.DataLoader(val_set, args.val_batch_size)
         )
-        trainer.post_epoch_hooks.append(
+        trainer.post_epoch_hooks.register(
             hooks.ReduceLROnPlateau(patience=1, factor=0.5)
         )
         if args.save_every:
-            trainer.post_epoch_hooks.append(
+            trainer.post_epoch_hooks.register(
                 hooks.SaveEveryEpochs(args.save_every)
             )
         trainer.train(args.epochs)

@@ -411,7 +411,7 @@ def test_batch_scalars_replace_what_a_killed_attempt_wrote_past_it(
             if die:
                 # dies once epoch 3 is logged, before the checkpoint that
                 # the end of the call would write
-                trainer.post_epoch_hooks.append(_die_at(3))
+                trainer.post_epoch_hooks.register(_die_at(3))
             try:
                 trainer.train(2)
             except _DiedError:
