@@ -117,7 +117,7 @@ class Event:
     def __post_init__(self) -> None:
         publisher = Event._publisher
         if publisher is None:
-            raise exceptions.NoActiveRunError(
+            raise exceptions.NoActiveExperimentError(
                 f'Creating {self.__class__.__name__}'
             )
         for name, deep in _snapshot_fields(type(self)):

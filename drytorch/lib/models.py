@@ -130,7 +130,7 @@ class Model:
             )
         run = Experiment.current_run()
         if run is None:
-            raise exceptions.NoActiveRunError('Creating a Model')
+            raise exceptions.NoActiveExperimentError('Creating a Model')
         experiment = run.experiment
         self.device = torch.device(device) if device else default_device()
         self.sync_batchnorm = sync_batchnorm

@@ -226,7 +226,7 @@ class Trainer(Checkpointing, Runner):
             self.terminated = None
         if until is not None and until < self.model.epoch and not resuming:
             warnings.warn(
-                exceptions.DryTorchWarning(
+                exceptions.PastEpochWarning(
                     f'The model is already at epoch {self.model.epoch}, '
                     f'past {until}; nothing to train.'
                 ),

@@ -18,7 +18,7 @@ INIT_MODE_VARIABLE = 'DRYTORCH_INIT_MODE'
 
 def _optional(kind: str, extra: str) -> None:
     warnings.warn(
-        exceptions.DryTorchWarning(
+        exceptions.FailedOptionalImportWarning(
             f'{kind} is not installed, so the default trackers go without '
             f"it; install it with `pip install 'drytorch[{extra}]'`."
         ),

@@ -272,7 +272,7 @@ class TensorBoard(Dumper):
         """The log directory, if it is still there."""
         log_dir = self._log_dir
         if log_dir is None:
-            raise exceptions.NoActiveRunError('TensorBoard')
+            raise exceptions.NoActiveExperimentError('TensorBoard')
         if not log_dir.is_dir():
             # open event files survive their folder's removal: without this
             # check the metrics would go to files nobody can read

@@ -123,7 +123,7 @@ def test_every_listed_event_is_exported() -> None:
 def test_event_outside_a_run_raises(
     cls: type[log_events.Event], kwargs: dict[str, Any]
 ) -> None:
-    with pytest.raises(exceptions.NoActiveRunError) as info:
+    with pytest.raises(exceptions.NoActiveExperimentError) as info:
         cls(**kwargs)
     message = str(info.value)
     assert cls.__name__ in message
@@ -159,7 +159,7 @@ def test_events_after_the_run_stops_raise(
     with experiment.create_run():
         pass
     count = len(recorder.events)
-    with pytest.raises(exceptions.NoActiveRunError):
+    with pytest.raises(exceptions.NoActiveExperimentError):
         log_events.EndTrainingEvent(source_name='late')
     assert len(recorder.events) == count
 

@@ -206,3 +206,11 @@ def test_restart_on_plateau_restarts_the_schedule_and_resumes_it(
         resumed.train(3)
     assert first + second == uninterrupted
     assert uninterrupted[2] == pytest.approx(0.1)  # restarted at epoch 3
+
+
+@needs_run
+def test_train_until_a_past_epoch_warns_as_drytorch_does() -> None:
+    trainer = _support.make_trainer()
+    trainer.train(2)
+    with pytest.warns(exceptions.PastEpochWarning, match='already at epoch 2'):
+        trainer.train_until(1)

@@ -110,7 +110,7 @@ def test_a_module_wrapped_plain_and_compiled_is_one_module() -> None:
     plain = network()
     drytorch.Model(plain, name='once', device='cpu')
     with pytest.raises(
-        exceptions.ModelAlreadyRegisteredError, match="as model 'once'"
+        exceptions.ModuleAlreadyRegisteredError, match="as model 'once'"
     ):
         drytorch.Model(torch.compile(plain, backend=CountingBackend()))
 

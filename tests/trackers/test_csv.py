@@ -11,7 +11,7 @@ import pytest
 
 from drytorch import Experiment
 from drytorch.core import exceptions, log_events
-from drytorch.core.tracking import TrackerFailedWarning
+from drytorch.core.tracking import TrackerExceptionWarning
 from drytorch.trackers.base_classes import MetricLoader
 from drytorch.trackers.csv import CSVDumper
 
@@ -103,7 +103,7 @@ def test_values_round_trip_exactly(tmp_path: pathlib.Path) -> None:
 
 def test_default_location_is_the_run_folder(tmp_path: pathlib.Path) -> None:
     dumper = CSVDumper()
-    with pytest.raises(exceptions.NoActiveRunError):
+    with pytest.raises(exceptions.NoActiveExperimentError):
         _ = dumper.par_dir  # no run yet
     exp = experiment(tmp_path, dumper)
     with exp.create_run() as run:
@@ -216,7 +216,7 @@ def test_other_metrics_mid_run_are_refused_loudly(
     exp = experiment(tmp_path, dumper)
     with exp.create_run('r'):
         metric(1, loss=1.0)
-        with pytest.warns(TrackerFailedWarning, match='metric columns'):
+        with pytest.warns(TrackerExceptionWarning, match='metric columns'):
             metric(2, loss=1.0, acc=0.5)
             flush()
     folder = run_folder(tmp_path / 'csv') / 'csv_metrics'

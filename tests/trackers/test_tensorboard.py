@@ -26,7 +26,7 @@ from typing_extensions import override
 
 import drytorch
 from drytorch.core import exceptions, log_events
-from drytorch.core.tracking import Tracker, TrackerFailedWarning
+from drytorch.core.tracking import Tracker, TrackerExceptionWarning
 from drytorch.trackers.csv import CSVDumper
 from drytorch.trackers.tensorboard import TensorBoard
 from tests.trackers._support import (
@@ -215,7 +215,7 @@ def test_removed_log_folder_drops_only_this_tracker(
         emit_epochs([1, 2])
         exp.trackers.flush()
         shutil.rmtree(exp.run.dir / 'tensorboard')
-        with pytest.warns(TrackerFailedWarning, match='TensorBoard'):
+        with pytest.warns(TrackerExceptionWarning, match='TensorBoard'):
             emit_epochs([3])
             exp.trackers.flush()
         emit_epochs([4])
@@ -502,7 +502,9 @@ def test_a_batch_folder_removed_mid_epoch_drops_only_this_tracker(
                 shutil.rmtree(folder)
 
         trainer.model.module.register_forward_pre_hook(remove)
-        with pytest.warns(TrackerFailedWarning, match='TensorBoard.*removed'):
+        with pytest.warns(
+            TrackerExceptionWarning, match='TensorBoard.*removed'
+        ):
             trainer.train(3)
             exp.trackers.flush()  # the trackers run on a background worker
         assert list(exp.trackers.named_trackers) == ['CSVDumper']
