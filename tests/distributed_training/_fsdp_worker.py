@@ -182,7 +182,9 @@ def _train(
     )
     test()
     out['test'] = dict(test.computed_metrics)
-    out['outputs'] = torch.stack(test.outputs) if test.outputs else None
+    out['outputs'] = (
+        torch.stack(test.outputs_list) if test.outputs_list else None
+    )
     return out
 
 

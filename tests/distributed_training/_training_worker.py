@@ -240,7 +240,9 @@ def _frozen_epoch(dataset: TensorDataset, eval_batch: int) -> dict[str, Any]:
         'validation_metrics': trainer.validation.computed_metrics,
         'test_metrics': test.computed_metrics,
         'test_outputs': (
-            torch.stack(test.outputs) if test.outputs else torch.empty(0)
+            torch.stack(test.outputs_list)
+            if test.outputs_list
+            else torch.empty(0)
         ),
         'weights_unchanged': unchanged,
         'ddp': model._ddp is not None,
