@@ -309,3 +309,15 @@ class RestartScheduler(AbstractScheduler):
     def _compute(self, base_lr: float, epoch: int) -> float:
         cycle, position = divmod(epoch, self.restart_interval)
         return self.base(base_lr * self.restart_fraction**cycle, position)
+
+
+# DRYTorch's transformations live in their own module; imported last, once
+# every schedule above exists, so that DRYTorch's imports from here work.
+from drytorch.lib.scheduler_compositions import (  # noqa: E402
+    RescaleScheduler,
+    rescale,
+    restart,
+    warmup,
+)
+
+__all__ += ['RescaleScheduler', 'rescale', 'restart', 'warmup']
