@@ -515,3 +515,27 @@ def test_a_batch_folder_removed_mid_epoch_drops_only_this_tracker(
     epochs, metrics = csv.load_metrics('net')['Trainer']
     assert epochs == [1, 2, 3]
     assert len(metrics['loss']) == 3
+
+
+def test_the_writer_is_drytorchs_and_takes_its_options(
+    tmp_path: pathlib.Path,
+) -> None:
+    board = TensorBoard(None, False, 5, 7)
+    assert (board.max_queue_size, board.flush_secs) == (5, 7)
+    with pytest.raises(exceptions.AccessOutsideScopeError, match='writer'):
+        _ = board.writer
+    exp = make_experiment(tmp_path, board)
+    with exp.create_run('r'):
+        writer = TensorBoard.get_current().writer
+        writer.add_scalar('custom/x', 2.5, 3)
+        log_events.MetricEvent(
+            model_name='m', source_name='s', epoch=1, metrics={'loss': 1.0}
+        )
+        exp.trackers.flush()
+        assert board.writer is writer  # the library writes through it too
+        assert writer.max_queue == 5
+    log_dir = tmp_path / 't' / 'runs' / 'r' / 'tensorboard'
+    assert _scalars(log_dir, 'custom/x') == [(3, 2.5)]
+    assert _scalars(log_dir, 'm/s/loss') == [(1, 1.0)]
+    with pytest.raises(ValueError, match='flush_secs must be >= 1'):
+        TensorBoard(flush_secs=0)
