@@ -14,11 +14,13 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+import torch
 from typing_extensions import override
 
 import drytorch
-from drytorch.core import log_events
+from drytorch.core import exceptions, log_events
 from drytorch.core.tracking import Tracker
+from drytorch.distributed.preemption import watcher
 from tests.lib import _support
 
 
@@ -97,6 +99,7 @@ class DRYTorchStyleTracker(Tracker):
             'dataset_size': event.dataset_size,
             'n': 0,
             'closed': False,
+            'increments': [],
         }
         self.loops.append(loop)
 
@@ -104,6 +107,7 @@ class DRYTorchStyleTracker(Tracker):
             # DRYTorch's TqdmLogger: the last update reaches n_iter
             last = loop['n'] >= loop['n_iter'] - n_processes
             loop['n'] += n_processes
+            loop['increments'].append(n_processes)
             loop['metrics'] = dict(metrics)
             if last:
                 loop['closed'] = True
@@ -224,3 +228,48 @@ def test_lifecycle_fields_read_as_in_drytorch(
     assert ('end training', 'Trainer') in lines
     assert any(x[0] == 'test' and x[2] == 'net' for x in lines)
     assert lines[-1] == ('stop', 'Compat', run_id)
+
+
+class _FlagAt(torch.nn.Module):
+    """Identity that raises the preemption flag at one training pass."""
+
+    def __init__(self, at: int | None) -> None:
+        super().__init__()
+        self.at, self.passes = at, 0
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.passes += 1
+            if self.passes == self.at:
+                watcher.request()
+        return inputs
+
+
+def test_a_resumed_epoch_still_counts_up_to_n_iter(tmp_path: Any) -> None:
+    """Preempted in epoch 2 after 3 of 5 batches, then resumed."""
+    experiment: drytorch.Experiment[Any] = drytorch.Experiment(
+        None, name='Compat', par_dir=tmp_path / 'experiments'
+    )
+
+    def attempt(flag_at: int | None) -> DRYTorchStyleTracker:
+        tracker = DRYTorchStyleTracker()
+        experiment.trackers.subscribe(compat=tracker)
+        try:
+            with experiment.create_run(run_id='r', resume=flag_at is None):
+                module = torch.nn.Sequential(
+                    _FlagAt(flag_at), _support.linear()
+                )
+                _support.make_trainer(module, sync_every=1).train(2)
+        finally:
+            experiment.trackers.remove('compat')
+        return tracker
+
+    with pytest.raises(exceptions.PreemptedExit):
+        attempt(flag_at=5 + 3)  # the third batch of epoch 2
+    resumed = attempt(flag_at=None)
+    loops = [x for x in resumed.loops if x['source'] == 'Trainer']
+    assert len(loops) == 1
+    (loop,) = loops
+    assert loop['n_iter'] == 5
+    assert loop['n'] == 5 and loop['closed']
+    assert loop['increments'][0] == 4  # the 3 done before, and the 4th
