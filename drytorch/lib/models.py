@@ -446,3 +446,13 @@ class Model:
 
     def __repr__(self) -> str:
         return f'Model({self.name!r}, epoch={self.epoch})'
+
+
+# DRYTorch has the averaged models here; they live in their own module.
+from drytorch.lib.averaged_models import (  # noqa: E402
+    AveragedModel,
+    EMAModel,
+    SWAModel,
+)
+
+__all__ += ['AveragedModel', 'EMAModel', 'SWAModel']

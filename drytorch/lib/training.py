@@ -92,6 +92,9 @@ class Trainer(Checkpointing, Runner):
         self.loss = loss
         self.learning_schema = learning_schema
         self.optimizer = learning_schema.build_optimizer(model.module)
+        # averaged models (EMAModel, SWAModel) update after steps / epochs
+        self._after_step = getattr(model, 'post_batch_update', None)
+        self._after_epoch = getattr(model, 'post_epoch_update', None)
         self.scaler = torch.amp.GradScaler(
             model.device.type, enabled=model.uses_grad_scaler
         )
@@ -399,6 +402,8 @@ class Trainer(Checkpointing, Runner):
                 self._agree_on_reason()
             self._preempt(epoch - 1, outcome.steps_done, 'train', call, end)
         self.model.epoch = epoch
+        if self._after_epoch is not None:
+            self._after_epoch()
         self._revision += 1
         self.computed_metrics = outcome.metrics
         if outcome.terminate:
@@ -436,6 +441,8 @@ class Trainer(Checkpointing, Runner):
             if clip:
                 schema.clip_gradients(self.model.module.parameters())
             self.optimizer.step()
+        if self._after_step is not None:
+            self._after_step()
         self.accumulator.add(values, n)
 
     def _validate(self, epoch: int, call: int, end: int) -> bool:
