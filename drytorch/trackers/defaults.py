@@ -59,7 +59,10 @@ def init_trackers(mode: InitMode = 'standard') -> None:
 
         if tqdm_tracker.is_available():
             trackers.append(BuiltinLogger(InfoLevels.metrics))
-            trackers.append(tqdm_tracker.TqdmLogger())
+            # an epoch bar over batch bars that leave no trace
+            trackers.append(
+                tqdm_tracker.TqdmLogger(leave=False, enable_training_bar=True)
+            )
         else:
             _optional('tqdm', 'recommended')
             trackers.append(BuiltinLogger(InfoLevels.epoch))

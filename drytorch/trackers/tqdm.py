@@ -85,7 +85,8 @@ class TqdmLogger(Tracker):
 
     Args:
         leave: keep the finished batch bars on screen.
-        enable_training_bar: show a bar over each loop's batches.
+        enable_training_bar: also show a bar over the training's epochs
+            (DRYTorch's meaning; the batch bars are always shown).
         file: the stream to write to; ``sys.stderr`` (as it is when a
             training starts) by default.
         interval: when the stream is not a terminal, the least seconds
@@ -98,10 +99,10 @@ class TqdmLogger(Tracker):
 
     def __init__(
         self,
-        leave: bool = False,
-        enable_training_bar: bool = True,
-        *,
+        leave: bool = True,
+        enable_training_bar: bool = False,
         file: TextIO | None = None,
+        *,
         interval: float | None = None,
     ) -> None:
         if not is_available():
@@ -141,6 +142,8 @@ class TqdmLogger(Tracker):
             self._end_epoch = event.end_epoch
             return super().notify(event)
         self._plain = None
+        if not self.enable_training_bar:
+            return super().notify(event)
         from tqdm.auto import tqdm
 
         total = event.end_epoch - event.start_epoch + 1
@@ -178,8 +181,6 @@ class TqdmLogger(Tracker):
 
     @notify.register
     def _(self, event: log_events.IterateBatchEvent) -> None:
-        if not self.enable_training_bar:
-            return super().notify(event)
         if self._plain is not None or not self._is_tty():
             self._plain = (
                 self._stream() if self._plain is None else self._plain

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import pathlib
 import re
+import sys
 from typing import Any
 
 import pytest
@@ -73,7 +74,9 @@ def test_bars_show_progress_and_metrics(
     tmp_path: pathlib.Path, terminal: pytest.CaptureFixture[str]
 ) -> None:
     capsys = terminal
-    exp = experiment(tmp_path, TqdmLogger(leave=True))
+    exp = experiment(
+        tmp_path, TqdmLogger(leave=True, enable_training_bar=True)
+    )
     with exp.create_run():
         loops = train(epochs=2, batches=10)
     err = capsys.readouterr().err
@@ -105,23 +108,29 @@ def test_resumed_loop_starts_where_it_stopped(
     assert states and '15/20' in states[0]
 
 
-def test_training_bar_can_be_disabled(
+def test_the_epoch_bar_is_drytorchs_training_bar(
     tmp_path: pathlib.Path, terminal: pytest.CaptureFixture[str]
 ) -> None:
+    """DRYTorch's meaning: the epoch bar only with enable_training_bar."""
     capsys = terminal
-    exp = experiment(tmp_path, TqdmLogger(enable_training_bar=False))
+    exp = experiment(tmp_path, TqdmLogger())  # DRYTorch's defaults
     with exp.create_run():
         loops = train(epochs=1, batches=4)
     err = capsys.readouterr().err
-    assert loops[0].push_updates == []
+    assert loops[0].push_updates
+    assert not final_states(err, 'net epochs')
+    assert final_states(err, 'trainer')  # left on screen (leave=True)
+    exp = experiment(tmp_path, TqdmLogger(False, True, sys.stderr))
+    with exp.create_run():
+        train(epochs=1, batches=4)
+    err = capsys.readouterr().err
     assert final_states(err, 'net epochs')
-    assert not final_states(err, 'trainer')
 
 
 def test_clean_up_closes_bars_of_an_interrupted_run(
     tmp_path: pathlib.Path, terminal: pytest.CaptureFixture[str]
 ) -> None:
-    exp = experiment(tmp_path, TqdmLogger())
+    exp = experiment(tmp_path, TqdmLogger(enable_training_bar=True))
     with pytest.raises(RuntimeError), exp.create_run():
         log_events.StartTrainingEvent(
             source_name='trainer', model_name='net', start_epoch=1, end_epoch=5
@@ -139,7 +148,9 @@ def test_log_lines_are_not_mixed_into_a_live_bar(
 ) -> None:
     capsys = terminal
     exp = experiment(
-        tmp_path, TqdmLogger(leave=True), BuiltinLogger(InfoLevels.epoch)
+        tmp_path,
+        TqdmLogger(leave=True, enable_training_bar=True),
+        BuiltinLogger(InfoLevels.epoch),
     )
     with exp.create_run():
         train(epochs=2, batches=4)
@@ -298,7 +309,7 @@ def test_a_stream_that_is_a_terminal_gets_the_live_bar(
     tmp_path: pathlib.Path,
 ) -> None:
     terminal = _TerminalLike()
-    _train_small(tmp_path, TqdmLogger(file=terminal, leave=True))
+    _train_small(tmp_path, TqdmLogger(True, True, terminal))
     text = terminal.getvalue()
     assert '\r' in text, 'tqdm redraws its bar in place'
     assert 'lin epoch ' not in text, 'no plain lines on a terminal'
