@@ -26,6 +26,7 @@ __all__ = [
     'DistributedStorageWarning',
     'DryTorchError',
     'DryTorchWarning',
+    'EndsRunCleanly',
     'EpochCountError',
     'EpochNotFoundError',
     'ExperimentalFeatureWarning',
@@ -73,6 +74,14 @@ __all__ = [
 
 class DryTorchError(Exception):
     """Base class of the library's errors."""
+
+
+class EndsRunCleanly:
+    """Marks an exception that ends a run as completed, not failed.
+
+    For a decided, agreed end that must still leave through an exception
+    (an Optuna trial pruned: Optuna learns it from ``TrialPruned``).
+    """
 
 
 class PreemptedExit(SystemExit):

@@ -255,7 +255,7 @@ class Run:
         exc: BaseException | None,
         tb: types.TracebackType | None,
     ) -> None:
-        if exc is None:
+        if exc is None or isinstance(exc, exceptions.EndsRunCleanly):
             self.stop('completed')
         elif isinstance(exc, exceptions.PreemptedExit):
             self.stop('preempted')
