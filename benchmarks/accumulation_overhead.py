@@ -128,11 +128,13 @@ def single_process(
                 model,
                 loader=loader,
                 loss=drytorch.Loss('CrossEntropy'),
-                learning_schema=drytorch.LearningSchema.Adam(lr=LR),
+                learning_schema=drytorch.LearningSchema.adam(base_lr=LR),
                 accumulation_steps=steps,
             )
-            trainer.post_epoch_hooks.append(
-                lambda t: losses['ours'].append(t.metrics['CrossEntropy'])
+            trainer.post_epoch_hooks.register(
+                lambda t: losses['ours'].append(
+                    t.computed_metrics['CrossEntropy']
+                )
             )
             hand = HandAccumulation(hand_network, loader, steps)
             control = HandAccumulation(control_network, loader, steps)
@@ -208,7 +210,7 @@ def _count(steps: int, n_batches: int) -> dict[str, int]:
         model,
         loader=drytorch.DataLoader(make_data(n_batches), BATCH, seed=SEED),
         loss=drytorch.Loss('CrossEntropy'),
-        learning_schema=drytorch.LearningSchema.Adam(lr=LR),
+        learning_schema=drytorch.LearningSchema.adam(base_lr=LR),
         accumulation_steps=steps,
     )
     counts = {'all_reduces': 0}

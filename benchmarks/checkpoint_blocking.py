@@ -133,7 +133,7 @@ def _rank(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
                         objectives.cross_entropy,
                         'CE',
                     ),
-                    learning_schema=drytorch.LearningSchema.Adam(1e-4),
+                    learning_schema=drytorch.LearningSchema.adam(1e-4),
                     checkpoint_timeout=1800,
                 )
                 blocked, done = [], []

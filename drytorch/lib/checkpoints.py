@@ -195,7 +195,7 @@ class LocalCheckpoint(CheckpointParts):
             return self._par_dir / self.model_name
         try:
             run = Experiment.get_current().run
-        except exceptions.NoActiveRunError:  # a store opened on its own
+        except exceptions.NoActiveExperimentError:  # a store opened on its own
             return self._par_dir / self.model_name
         where = run.dir.relative_to(run.experiment.par_dir)
         return self._par_dir / where / self.model_name

@@ -452,3 +452,9 @@ def _mix(*values: int) -> int:
         state = ((state ^ (state >> 27)) * 0x94D049BB133111EB) & _MASK64
         state ^= state >> 31
     return state >> 1
+
+
+# DRYTorch has this helper here; it lives in its own module.
+from drytorch.lib.sampling import take_from_dataset  # noqa: E402
+
+__all__ += ['take_from_dataset']

@@ -160,7 +160,7 @@ class Model:
             )
         run = Experiment.current_run()
         if run is None:
-            raise exceptions.NoActiveRunError('Creating a Model')
+            raise exceptions.NoActiveExperimentError('Creating a Model')
         experiment = run.experiment
         self.device = torch.device(device) if device else default_device()
         self.sync_batchnorm = sync_batchnorm
@@ -509,3 +509,13 @@ class Model:
 
     def __repr__(self) -> str:
         return f'Model({self.name!r}, epoch={self.epoch})'
+
+
+# DRYTorch has the averaged models here; they live in their own module.
+from drytorch.lib.averaged_models import (  # noqa: E402
+    AveragedModel,
+    EMAModel,
+    SWAModel,
+)
+
+__all__ += ['AveragedModel', 'EMAModel', 'SWAModel']

@@ -191,7 +191,7 @@ class Runner:
             source_name=self.name,
             batch_size=self.loader.batch_size,
             dataset_size=plan.num_samples,
-            num_batches=total,
+            n_iter=total,
             start_batch=start_batch,
             model_name=self.model.name,
         )
@@ -271,7 +271,11 @@ class Runner:
         means = reduced.means(self.accumulator.names)
         if Flag.non_finite in reduced.flags:
             self._raise_non_finite(means, bad, start_batch)
-        event.update(self._pushed(means), index)
+        # increments that add up to the loop's length (DRYTorch's
+        # contract): the first one also counts the batches of a resume
+        before = index - since
+        resumed = before if before == start_batch else 0
+        event.update(self._pushed(means), since + resumed)
         return LoopOutcome(
             means,
             index,

@@ -373,3 +373,15 @@ class PerStepScheduler(AbstractScheduler):
             'Add the restarts before .per_step(): '
             f'scheduler.with_restart({restart_interval}).per_step().'
         )
+
+
+# DRYTorch's transformations live in their own module; imported last, once
+# every schedule above exists, so that DRYTorch's imports from here work.
+from drytorch.lib.scheduler_compositions import (  # noqa: E402
+    RescaleScheduler,
+    rescale,
+    restart,
+    warmup,
+)
+
+__all__ += ['RescaleScheduler', 'rescale', 'restart', 'warmup']

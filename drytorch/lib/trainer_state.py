@@ -97,8 +97,10 @@ def collect(
         'optimizer_steps': trainer.optimizer_steps,
         'loader': trainer.loader.state_dict(),
         'position': dataclasses.asdict(position),
-        'metrics': trainer.metrics,
-        'validation_metrics': dict(validation.metrics) if validation else {},
+        'metrics': trainer.computed_metrics,
+        'validation_metrics': dict(validation.computed_metrics)
+        if validation
+        else {},
         'terminated': trainer.terminated,
         'hooks': [
             (type(h).__name__, h.state_dict())
@@ -135,9 +137,11 @@ def restore(trainer: Trainer, state: dict[str, Any]) -> Position | None:
         trainer.learning_schema, scheduler=state['scheduler']
     )
     trainer.loader.load_state_dict(state['loader'])
-    trainer.metrics = dict(state['metrics'])
+    trainer.computed_metrics = dict(state['metrics'])
     if trainer.validation is not None:
-        trainer.validation.metrics = dict(state.get('validation_metrics', {}))
+        trainer.validation.computed_metrics = dict(
+            state.get('validation_metrics', {})
+        )
     trainer.terminated = state.get('terminated')
     trainer._hook_states = dict(enumerate(state['hooks']))
     restore_hooks(trainer)
@@ -260,7 +264,10 @@ def _score(trainer: Trainer) -> float | None:
         return None
     name = getattr(checkpoint, 'monitor', None) or trainer.loss.name
     validation = trainer.validation
-    sources = (validation.metrics if validation else {}, trainer.metrics)
+    sources = (
+        validation.computed_metrics if validation else {},
+        trainer.computed_metrics,
+    )
     for metrics in sources:
         value = metrics.get(name)
         if value is not None and math.isfinite(value):

@@ -10,6 +10,7 @@ which counts ``optimizer_steps``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from drytorch.lib.evaluations import _compute
@@ -43,6 +44,7 @@ class Stepping:
         _micro: int
         _micro_total: int
         _module: torch.nn.Module
+        _after_step: Callable[[], None] | None
 
     def _apply_lr(self) -> None:
         """Set the scheduled rate: of the epoch, or of the next step."""
@@ -107,10 +109,7 @@ class Stepping:
         schema = self.learning_schema
         if schema.per_step:
             self._apply_lr()
-        clip = (
-            schema.clip_grad_norm is not None
-            or schema.clip_grad_value is not None
-        )
+        clip = schema.modifies_gradients
         if scaler.is_enabled():
             if clip:
                 scaler.unscale_(self.optimizer)
@@ -122,3 +121,5 @@ class Stepping:
                 schema.clip_gradients(self.model.module.parameters())
             self.optimizer.step()
         self.optimizer_steps += 1
+        if self._after_step is not None:  # an averaged model's update
+            self._after_step()

@@ -30,6 +30,7 @@ from drytorch.distributed.reduce import Flag, PackedReducer
 from drytorch.lib import trainer_state
 from drytorch.lib.accumulation import Accumulation
 from drytorch.lib.evaluations import Validation
+from drytorch.lib.hook_registry import HookRegistry
 from drytorch.lib.learning import LearningSchema
 from drytorch.lib.loading import DataLoader
 from drytorch.lib.models import Model
@@ -40,8 +41,6 @@ from drytorch.lib.trainer_checkpointing import Checkpointing
 from drytorch.lib.trainer_steps import Stepping
 
 __all__ = ['Trainer']
-
-Hook = Callable[['Trainer'], None]
 
 
 def _epoch_count(name: str, value: Any) -> int:
@@ -136,14 +135,17 @@ class Trainer(Stepping, Checkpointing, Runner):
         self.optimizer_steps = 0
         self.learning_schema = learning_schema
         self.optimizer = learning_schema.build_optimizer(model.module)
+        # averaged models (EMAModel, SWAModel) update after steps / epochs
+        self._after_step = getattr(model, 'post_batch_update', None)
+        self._after_epoch = getattr(model, 'post_epoch_update', None)
         self.scaler = torch.amp.GradScaler(
             model.device.type, enabled=model.uses_grad_scaler
         )
         self.validation: Validation | None = None
         self.validation_interval = 1
-        self.pre_epoch_hooks: list[Hook] = []
-        self.post_epoch_hooks: list[Hook] = []
-        self.metrics: dict[str, float] = {}
+        self.pre_epoch_hooks: HookRegistry[Trainer] = HookRegistry()
+        self.post_epoch_hooks: HookRegistry[Trainer] = HookRegistry()
+        self.computed_metrics: dict[str, float] = {}
         self.base_lr: float | dict[str, float] | None = None
         self.terminated: str | None = None
         self.checkpoint_timeout = agreement_timeout(checkpoint_timeout)
@@ -273,7 +275,7 @@ class Trainer(Stepping, Checkpointing, Runner):
             self.terminated = None
         if until is not None and until < self.model.epoch and not resuming:
             warnings.warn(
-                exceptions.DryTorchWarning(
+                exceptions.PastEpochWarning(
                     f'The model is already at epoch {self.model.epoch}, '
                     f'past {until}; nothing to train.'
                 ),
@@ -449,8 +451,10 @@ class Trainer(Stepping, Checkpointing, Runner):
                 self._agree_on_reason()
             self._preempt(epoch - 1, outcome.steps_done, 'train', call, end)
         self.model.epoch = epoch
+        if self._after_epoch is not None:
+            self._after_epoch()
         self._revision += 1
-        self.metrics = outcome.metrics
+        self.computed_metrics = outcome.metrics
         if outcome.terminate:
             self.terminate_requested = True
         logged = dict(outcome.metrics)

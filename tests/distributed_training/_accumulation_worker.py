@@ -54,7 +54,7 @@ def _train(
         model,
         loader=drytorch.DataLoader(make_dataset(), batch_size, seed=2),
         loss=drytorch.Loss(objectives.cross_entropy, 'CE'),
-        learning_schema=drytorch.LearningSchema.Adam(lr=0.01),
+        learning_schema=drytorch.LearningSchema.adam(base_lr=0.01),
         accumulation_steps=steps,
     )
     wrapped = model.training_module()  # DDP, built here on every rank

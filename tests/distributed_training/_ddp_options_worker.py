@@ -55,7 +55,7 @@ def _trainer(model: drytorch.Model, steps: int = 1) -> drytorch.Trainer:
         model,
         loader=drytorch.DataLoader(_data(), 8, seed=1),  # 4 batches a rank
         loss=drytorch.Loss(objectives.cross_entropy, 'CE'),
-        learning_schema=drytorch.LearningSchema.SGD(lr=0.1),
+        learning_schema=drytorch.LearningSchema.sgd(base_lr=0.1),
         accumulation_steps=steps,
     )
 
@@ -82,7 +82,7 @@ def train(par_dir: str) -> dict[str, Any]:
             trainer = _trainer(unused)
             trainer.train(2)
             out['unused'] = _ddp_facts(unused.training_module())
-            out['unused_loss'] = trainer.metrics['CE']
+            out['unused_loss'] = trainer.computed_metrics['CE']
             torch.manual_seed(0)
             network = nn.Sequential(
                 nn.Linear(5, 64), nn.Tanh(), nn.Linear(64, 3)

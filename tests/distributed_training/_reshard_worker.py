@@ -49,7 +49,7 @@ def _trainer(folder: str, parallel: str, seed: int) -> drytorch.Trainer:
             seed=0,
         ),
         loss=drytorch.Loss(objectives.cross_entropy, 'CE'),
-        learning_schema=drytorch.LearningSchema.Adam(lr=LR),
+        learning_schema=drytorch.LearningSchema.adam(base_lr=LR),
     )
 
 
@@ -106,7 +106,7 @@ def resume(root: str, folder: str, parallel: str) -> dict[str, Any]:
             out = {'loaded': _gathered(trainer)}
             trainer.train(1)
             out['after'] = _gathered(trainer)
-            out['loss'] = trainer.metrics['CE']
+            out['loss'] = trainer.computed_metrics['CE']
             out['world'] = world
     finally:
         teardown_distributed()

@@ -18,6 +18,7 @@ import drytorch
 from drytorch.core import log_events
 from drytorch.lib import objectives
 from drytorch.lib.accumulation import Accumulation
+from drytorch.lib.gradient_ops import GradNormClipper
 from tests.helpers.kernel import RecordingTracker
 
 pytestmark = pytest.mark.usefixtures('run')
@@ -53,7 +54,7 @@ def _train(
         model,
         loader=drytorch.DataLoader(_data(), batch_size, seed=2),
         loss=drytorch.Loss(objectives.cross_entropy, 'CE'),
-        learning_schema=schema or drytorch.LearningSchema.SGD(lr=0.5),
+        learning_schema=schema or drytorch.LearningSchema.sgd(base_lr=0.5),
         accumulation_steps=steps,
     )
     trainer.train(epochs)
@@ -73,14 +74,18 @@ def test_four_batches_of_8_step_as_one_of_32() -> None:
         small.model.module.state_dict(), big.model.module.state_dict()
     )
     # the epoch's training loss: the same samples under the same weights
-    assert small.metrics['CE'] == pytest.approx(big.metrics['CE'], rel=RTOL)
+    assert small.computed_metrics['CE'] == pytest.approx(
+        big.computed_metrics['CE'], rel=RTOL
+    )
 
 
 def test_adam_with_clipping_over_two_epochs() -> None:
     """The step happens once per window: Adam's moments and the clip too."""
 
     def schema() -> drytorch.LearningSchema:
-        return drytorch.LearningSchema.Adam(lr=0.01, clip_grad_norm=0.1)
+        return drytorch.LearningSchema.adam(
+            base_lr=0.01, gradient_op=GradNormClipper(0.1)
+        )
 
     big = _train('big', 32, 1, epochs=2, schema=schema())
     small = _train('small', 8, 4, epochs=2, schema=schema())
@@ -106,7 +111,7 @@ def test_progress_counts_micro_batches(recorder: RecordingTracker) -> None:
         for e in recorder.of_type(log_events.IterateBatchEvent)
         if e.source_name == trainer.name
     ]
-    assert iterate.num_batches == 13
+    assert iterate.n_iter == 13
     assert iterate.batch_size == 8
     assert iterate.dataset_size == N_SAMPLES
 
@@ -141,7 +146,7 @@ def test_bad_accumulation_steps_are_refused(
             model,
             loader=drytorch.DataLoader(_data(), 8),
             loss=drytorch.Loss(objectives.cross_entropy, 'CE'),
-            learning_schema=drytorch.LearningSchema.SGD(),
+            learning_schema=drytorch.LearningSchema.sgd(),
             accumulation_steps=value,
         )
 

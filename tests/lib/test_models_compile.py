@@ -110,7 +110,7 @@ def test_a_module_wrapped_plain_and_compiled_is_one_module() -> None:
     plain = network()
     drytorch.Model(plain, name='once', device='cpu')
     with pytest.raises(
-        exceptions.ModelAlreadyRegisteredError, match="as model 'once'"
+        exceptions.ModuleAlreadyRegisteredError, match="as model 'once'"
     ):
         drytorch.Model(torch.compile(plain, backend=CountingBackend()))
 
@@ -168,7 +168,7 @@ def _compiled_trainer(compile: Any) -> drytorch.Trainer:
         model,
         loader=drytorch.DataLoader(_support.regression_data(), 8, seed=0),
         loss=drytorch.Loss('MSE'),
-        learning_schema=drytorch.LearningSchema.SGD(0.05),
+        learning_schema=drytorch.LearningSchema.sgd(0.05),
     )
 
 
@@ -181,7 +181,7 @@ def test_compile_true_trains_with_inductor() -> None:
     assert model.describe()['compiled'] is True
     trainer.add_validation(drytorch.DataLoader(_support.regression_data(8), 4))
     trainer.train(2)
-    assert trainer.metrics['MSE'] < 10
+    assert trainer.computed_metrics['MSE'] < 10
     # the same numbers as the plain module: it is the plain module's code
     inputs = _support.regression_data(8).tensors[0]
     with torch.no_grad():

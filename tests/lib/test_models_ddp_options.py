@@ -88,6 +88,6 @@ def test_static_graph_refuses_gradient_accumulation() -> None:
             model,
             loader=drytorch.DataLoader(_support.regression_data(), 8),
             loss=drytorch.Loss('MSE'),
-            learning_schema=drytorch.LearningSchema.SGD(),
+            learning_schema=drytorch.LearningSchema.sgd(),
             accumulation_steps=2,
         )

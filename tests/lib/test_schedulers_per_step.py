@@ -48,7 +48,9 @@ def _trainer(
     steps: int = 1, **kwargs: Any
 ) -> tuple[drytorch.Trainer, list[float]]:
     """40 samples in batches of 8: 5 batches an epoch."""
-    schema = drytorch.LearningSchema.SGD(lr=BASE_LR, scheduler=warmup_cosine())
+    schema = drytorch.LearningSchema.sgd(
+        base_lr=BASE_LR, scheduler=warmup_cosine()
+    )
     trainer = _support.make_trainer(
         schema=schema, accumulation_steps=steps, **kwargs
     )
@@ -144,9 +146,9 @@ def test_a_per_step_schedule_is_not_wrapped_again() -> None:
 
 
 def test_the_schema_knows_its_unit() -> None:
-    per_step = drytorch.LearningSchema.SGD(scheduler=warmup_cosine())
+    per_step = drytorch.LearningSchema.sgd(scheduler=warmup_cosine())
     assert per_step.per_step
-    assert not drytorch.LearningSchema.SGD().per_step
+    assert not drytorch.LearningSchema.sgd().per_step
     optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1)
     per_step.apply_learning_rate(optimizer, 2, base_lr=BASE_LR)
     assert optimizer.param_groups[0]['lr'] == pytest.approx(closed_form(2))

@@ -36,7 +36,7 @@ def _trainer(
 ) -> drytorch.Trainer:
     store = LocalCheckpoint(folder, run_folders=False, **options)  # type: ignore[arg-type]
     return _support.make_trainer(
-        name=name, checkpoint=store, schema=drytorch.LearningSchema.Adam(0.01)
+        name=name, checkpoint=store, schema=drytorch.LearningSchema.adam(0.01)
     )
 
 
@@ -47,7 +47,7 @@ def test_each_checkpoint_is_a_folder_of_parts(
     trainer = _trainer(
         tmp_path, sharded=True, async_checkpoint=background, keep_last=2
     )
-    trainer.post_epoch_hooks.append(hooks.SaveEveryEpochs())
+    trainer.post_epoch_hooks.register(hooks.SaveEveryEpochs())
     trainer.train(3)
     folder = trainer.model.checkpoint.directory
     assert sorted(p.name for p in folder.iterdir()) == [
@@ -205,7 +205,7 @@ def test_a_failed_background_write_stops_at_the_next_save(
     pid = os.getpid()
     blocker = store.directory / f'.epoch_000002.dcp.{pid}.tmp' / 'state.pt'
     blocker.mkdir(parents=True)
-    trainer.post_epoch_hooks.append(hooks.SaveEveryEpochs())
+    trainer.post_epoch_hooks.register(hooks.SaveEveryEpochs())
     with pytest.raises(exceptions.CheckpointWriteError, match=r'state\.pt'):
         trainer.train(1)
     assert (store.directory / 'latest').read_text().strip() == (

@@ -396,8 +396,8 @@ def main(
                 train_set, args.batch_size, seed=3, **workers
             ),
             loss=loss,
-            learning_schema=drytorch.LearningSchema.Adam(
-                lr=0.05, scheduler=scheduler
+            learning_schema=drytorch.LearningSchema.adam(
+                base_lr=0.05, scheduler=scheduler
             ),
             sync_every=args.sync_every,
             accumulation_steps=args.accumulation_steps,
@@ -405,13 +405,13 @@ def main(
         trainer.add_validation(
             drytorch.DataLoader(val_set, args.val_batch_size, **workers)
         )
-        trainer.post_epoch_hooks.append(
+        trainer.post_epoch_hooks.register(
             hooks.ReduceLROnPlateau(patience=1, factor=0.5)
         )
         if args.per_step_schedule and args.out:
             trace_rates(trainer, pathlib.Path(args.out) / 'rates.txt')
         if args.save_every:
-            trainer.post_epoch_hooks.append(
+            trainer.post_epoch_hooks.register(
                 hooks.SaveEveryEpochs(args.save_every)
             )
         trainer.train(args.epochs)

@@ -193,7 +193,7 @@ def build_trainer(root: pathlib.Path) -> Trainer:
         model,
         loader=drytorch.DataLoader(train_set, 16, seed=3),
         loss=drytorch.Loss(objectives.cross_entropy, 'CE'),
-        learning_schema=drytorch.LearningSchema.Adam(lr=0.05),
+        learning_schema=drytorch.LearningSchema.adam(base_lr=0.05),
     )
 
 
