@@ -60,8 +60,8 @@ class Stepping:
     def _pushed(self, means: dict[str, float]) -> dict[str, float]:
         """With a per-step schedule, the rate rides with the running means.
 
-        It is no metric (never reduced, never in ``self.metrics``); the
-        progress bar and TensorBoard's batch scalars show it.
+        It is no metric (never reduced, never in ``computed_metrics``);
+        the progress bar and TensorBoard's batch scalars show it.
         """
         if not self.learning_schema.per_step:
             return means

@@ -68,7 +68,7 @@ def _train(
     return {
         # gathered on every rank (a collective under FSDP); rank zero has it
         'state': model.state_dict()['module'],
-        'metrics': dict(trainer.metrics),
+        'metrics': dict(trainer.computed_metrics),
         'all_reduces': counts['all_reduces'],
         'optimizer_steps': optimizer_steps,
         'batches': len(trainer.loader.plan(training=True, epoch=1)),

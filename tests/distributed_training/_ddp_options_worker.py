@@ -121,7 +121,7 @@ def train(par_dir: str) -> dict[str, Any]:
             out['compiled'] = {
                 'wraps': type(wrapped.module).__name__,  # type: ignore[union-attr]
                 'names': list(compiled.state_dict()['module']),
-                'validation': dict(trainer.validation.metrics),  # type: ignore[union-attr]
+                'validation': dict(trainer.validation.computed_metrics),  # type: ignore[union-attr]
             }
     finally:
         teardown_distributed()
