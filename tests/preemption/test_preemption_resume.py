@@ -202,12 +202,15 @@ def test_mid_epoch_checkpoint_of_another_world_size_is_refused(
 ) -> None:
     trainer = build_trainer(tmp_path)
     state = trainer.state_dict(Position(1, 3, 'train'))
+    # as 2 ranks of 16 would have written it: a global batch of 32
     state['world_size'] = 2
+    state['loader']['global_batch_size'] = 32
     with pytest.raises(
         exceptions.WorldSizeChangedError,
         match=r'written by 2 process\(es\) in the middle of an epoch, and '
-        r'this attempt runs 1.*relaunch with the same number of processes '
-        r'\(2\)',
+        r'this attempt runs 1: its global batch was 32 samples and would be '
+        r'16 here.*global_batch_size=32.*relaunch with the same number of '
+        r'processes \(2\)',
     ):
         trainer.load_state_dict(state)
     for phase in ('validate', 'done'):
@@ -217,16 +220,24 @@ def test_mid_epoch_checkpoint_of_another_world_size_is_refused(
         assert trainer.model.epoch == 0  # the saved model's epoch count
 
 
-def test_world_size_grows_mid_epoch(
+def test_world_size_grows_mid_epoch_without_the_global_batch(
     zygote: Zygote, reference: Callable[[int], Trial], tmp_path: pathlib.Path
 ) -> None:
-    """1 process preempted mid-epoch; 2 ranks refuse; 1 process resumes."""
+    """A batch given per rank would double the global batch: refused.
+
+    1 process preempted mid-epoch; 2 ranks refuse, saying to keep the
+    global batch with ``global_batch_size``; 1 process resumes.  (With the
+    global batch kept the world may change: ``test_preemption_elastic``.)
+    """
     trial = Trial(zygote, tmp_path, 1, options(1, 'csv'))
     assert trial.attempt('--signal-at', '3') == [REQUEUE], trial.logs()
     assert trial.attempt(world_size=2) == [1, 1], trial.logs()
     for rank in (0, 1):
-        assert 'WorldSizeChangedError' in trial.log(2, rank)
-        assert 'written by 1 process(es)' in trial.log(2, rank)
+        log = trial.log(2, rank)
+        assert 'WorldSizeChangedError' in log
+        assert 'written by 1 process(es)' in log
+        assert 'global batch was 16 samples and would be 32 here' in log
+        assert 'global_batch_size=16 (each of the 2 ranks then takes 8)' in log
     assert trial.registry()['status'] == 'failed'
     assert trial.checkpoints() == [checkpoint_name(0, 3), 'latest']
     assert trial.attempt() == [0], trial.logs()
