@@ -61,6 +61,25 @@ def uninterrupted(
     return trial
 
 
+def assert_every_sample_once(root: pathlib.Path, where: str = '') -> None:
+    """Every sample of every epoch trained exactly once, over all attempts."""
+    seen = trained_ids(root)
+    for epoch in range(1, EPOCHS + 1):
+        assert seen[epoch] == dict.fromkeys(range(SAMPLES), 1), (where, epoch)
+
+
+def assert_metrics_close(trial: Trial, reference: Trial, where: str) -> None:
+    """One record per metric and epoch, equal to the reference's to 1e-5."""
+    expected = csv_records(reference.run_dir)
+    actual = csv_records(trial.run_dir)
+    assert sorted(actual) == sorted(expected), where
+    for key, values in expected.items():
+        assert len(actual[key]) == 1, (where, key, actual[key])
+        assert math.isclose(
+            actual[key][0], values[0], rel_tol=1e-5, abs_tol=1e-7
+        ), (where, key, actual[key], values)
+
+
 @pytest.mark.parametrize('resumed_world', [1, 3])
 def test_two_ranks_preempted_mid_epoch_continue_with_another_number(
     zygote: Zygote,
@@ -80,18 +99,8 @@ def test_two_ranks_preempted_mid_epoch_continue_with_another_number(
     codes = trial.attempt(world_size=resumed_world)
     assert codes == [0] * resumed_world, (where, trial.logs())
     assert trial.registry()['attempts'] == 2
-    seen = trained_ids(tmp_path)
-    for epoch in range(1, EPOCHS + 1):
-        # every sample of the epoch, each exactly once, over both attempts
-        assert seen[epoch] == dict.fromkeys(range(SAMPLES), 1), (where, epoch)
-    expected = csv_records(uninterrupted.run_dir)
-    actual = csv_records(trial.run_dir)
-    assert sorted(actual) == sorted(expected), where
-    for key, values in expected.items():
-        assert len(actual[key]) == 1, (where, key, actual[key])
-        assert math.isclose(
-            actual[key][0], values[0], rel_tol=1e-5, abs_tol=1e-7
-        ), (where, key, actual[key], values)
+    assert_every_sample_once(tmp_path, where)
+    assert_metrics_close(trial, uninterrupted, where)
 
 
 def test_a_global_batch_the_new_ranks_do_not_divide_is_refused(
@@ -107,8 +116,17 @@ def test_a_global_batch_the_new_ranks_do_not_divide_is_refused(
         log = trial.log(2, rank)
         assert 'global_batch_size=32 does not divide by the 3 ranks' in log
     assert trial.attempt() == [0, 0], trial.logs()
-    seen = trained_ids(tmp_path)
-    assert all(
-        seen[epoch] == dict.fromkeys(range(SAMPLES), 1)
-        for epoch in range(1, EPOCHS + 1)
-    )
+    assert_every_sample_once(tmp_path)
+
+
+def test_fsdp_parts_of_two_ranks_continue_the_epoch_on_three(
+    zygote: Zygote, uninterrupted: Trial, tmp_path: pathlib.Path
+) -> None:
+    """Checkpoints in parts reshard the model; the epoch goes on at once."""
+    options = (*ELASTIC, '--parallel', 'fsdp', '--checkpoint', 'sharded')
+    trial = Trial(zygote, tmp_path, 2, options)
+    assert trial.attempt('--signal-at', '6') == [REQUEUE] * 2, trial.logs()
+    assert trial.checkpoints()[0].endswith('+000002.dcp'), trial.checkpoints()
+    assert trial.attempt(world_size=3) == [0, 0, 0], trial.logs()
+    assert_every_sample_once(tmp_path, 'fsdp 2 -> 3')
+    assert_metrics_close(trial, uninterrupted, 'fsdp 2 -> 3')
