@@ -26,13 +26,66 @@ from typing import Any
 import torch
 
 from drytorch.core import exceptions
+from drytorch.distributed import ranks
 
 __all__ = [
+    'check_batch_sizes',
     'check_world_change',
     'merged_accumulator',
+    'per_rank_batch',
     'saved_global_batch',
     'training_batches',
 ]
+
+
+def check_batch_sizes(
+    batch_size: int | None, global_batch_size: int | None
+) -> None:
+    """Exactly one batch size, a positive integer; checked when made.
+
+    A global batch is checked against the process group when there is one
+    already (else at the first pass, by :func:`per_rank_batch`).
+    """
+    if (batch_size is None) == (global_batch_size is None):
+        raise ValueError(
+            'Give the DataLoader one batch size: batch_size (per rank) or '
+            'global_batch_size (over all ranks, split evenly), got '
+            f'batch_size={batch_size!r} and '
+            f'global_batch_size={global_batch_size!r}.'
+        )
+    for name, value in (
+        ('batch_size', batch_size),
+        ('global_batch_size', global_batch_size),
+    ):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise ValueError(
+                f'{name} must be a positive integer, got {value!r}.'
+            )
+    per_rank_batch(batch_size, global_batch_size, ranks.get_world_size())
+
+
+def per_rank_batch(
+    batch_size: int | None, global_batch_size: int | None, world: int
+) -> int:
+    """Each of ``world`` ranks' batch: given, or its share of the global one.
+
+    Raises:
+        ValueError: ``global_batch_size`` does not divide by ``world``.
+
+    """
+    if batch_size is not None:
+        return batch_size
+    assert global_batch_size is not None
+    if global_batch_size % world:
+        raise ValueError(
+            f'global_batch_size={global_batch_size} does not divide by the '
+            f'{world} ranks of this job, so the ranks cannot take equal '
+            f'batches. Give a multiple of {world}, or run a number of '
+            f'processes that divides {global_batch_size}.'
+        )
+    return global_batch_size // world
 
 
 def training_batches(

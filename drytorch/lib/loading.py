@@ -147,7 +147,7 @@ class DataLoader:
         persistent_workers: bool = False,
         prefetch_factor: int | None = None,
     ) -> None:
-        _check_batch_sizes(batch_size, global_batch_size)
+        elastic.check_batch_sizes(batch_size, global_batch_size)
         if streams.is_stream(dataset):
             streams.check_stream(dataset, num_workers)
         try:
@@ -202,18 +202,9 @@ class DataLoader:
             ValueError: ``global_batch_size`` does not divide by ``world``.
 
         """
-        if self._batch_size is not None:
-            return self._batch_size
-        assert self.global_batch_size is not None
-        if self.global_batch_size % world:
-            raise ValueError(
-                f'global_batch_size={self.global_batch_size} does not '
-                f'divide by the {world} ranks of this job, so the ranks '
-                'cannot take equal batches. Give a multiple of '
-                f'{world}, or run a number of processes that divides '
-                f'{self.global_batch_size}.'
-            )
-        return self.global_batch_size // world
+        return elastic.per_rank_batch(
+            self._batch_size, self.global_batch_size, world
+        )
 
     def permutation(self, epoch: int) -> torch.Tensor:
         """The training order of ``epoch``: a function of (seed, epoch)."""
@@ -496,37 +487,6 @@ class DataLoader:
             'global_batch_size': self.global_batch_size,
             'seed': self.seed,
         }
-
-
-def _check_batch_sizes(
-    batch_size: int | None, global_batch_size: int | None
-) -> None:
-    """Exactly one batch size, a positive integer; checked now, not later."""
-    if (batch_size is None) == (global_batch_size is None):
-        raise ValueError(
-            'Give the DataLoader one batch size: batch_size (per rank) or '
-            'global_batch_size (over all ranks, split evenly), got '
-            f'batch_size={batch_size!r} and '
-            f'global_batch_size={global_batch_size!r}.'
-        )
-    for name, value in (
-        ('batch_size', batch_size),
-        ('global_batch_size', global_batch_size),
-    ):
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
-            raise ValueError(
-                f'{name} must be a positive integer, got {value!r}.'
-            )
-    world = ranks.get_world_size()
-    if global_batch_size is not None and global_batch_size % world:
-        raise ValueError(
-            f'global_batch_size={global_batch_size} does not divide by the '
-            f'{world} ranks of this job, so the ranks cannot take equal '
-            f'batches. Give a multiple of {world}, or run a number of '
-            f'processes that divides {global_batch_size}.'
-        )
 
 
 def _load_list(
