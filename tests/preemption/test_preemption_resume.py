@@ -244,6 +244,31 @@ def test_world_size_grows_mid_epoch_without_the_global_batch(
     assert_bitwise_equal(trial.final(), reference(1).final())
 
 
+def test_world_size_grows_mid_epoch(
+    zygote: Zygote, tmp_path: pathlib.Path
+) -> None:
+    """With the global batch kept, 2 ranks continue 1 process's epoch.
+
+    Step 3 of epoch 1's 6 done by one process, the other 3 steps by two
+    ranks of 8 samples each; one record per metric and epoch.  (Dropout
+    draws from new streams on two ranks, so the values are not compared
+    here: ``test_preemption_elastic`` compares them without dropout.)
+    """
+    options_ = [*options(1, 'csv'), '--global-batch-size', '16']
+    trial = Trial(zygote, tmp_path, 1, options_)
+    assert trial.attempt('--signal-at', '3') == [REQUEUE], trial.logs()
+    assert trial.checkpoints() == [checkpoint_name(0, 3), 'latest']
+    assert trial.attempt(world_size=2) == [0, 0], trial.logs()
+    records = csv_records(trial.run_dir)
+    assert sorted(records) == [
+        (f'{source}/CE', epoch)
+        for source in ('Trainer', 'Validation')
+        for epoch in (1, 2, 3)
+    ]
+    assert all(len(values) == 1 for values in records.values())
+    assert trial.final()['epoch'] == 3
+
+
 def test_world_size_shrinks_at_an_epoch_end(
     zygote: Zygote, tmp_path: pathlib.Path
 ) -> None:
