@@ -145,8 +145,9 @@ def check_world_change(
 
     Raises:
         WorldSizeChangedError: an iterable data set (positions per rank),
-            a global batch that is not the saved one, or one that the new
-            number of ranks does not divide; the message says what to do.
+            a global batch that is not the saved one, one that the new
+            number of ranks does not divide, or an epoch whose last batch
+            has fewer samples than ranks; the message says what to do.
 
     """
     saved_world = int(state['world_size'])
@@ -186,6 +187,17 @@ def check_world_change(
             why=f'its global batch of {saved} samples does not divide into '
             f'{world} ranks',
             remedy=f'run a number of processes that divides {saved}',
+        )
+    start = state['loader'].get('epoch_start')
+    started = saved_world if start is None else int(start[1])
+    last = len(loader) // started * started % saved
+    if not loader.drop_last and 0 < last < world:
+        raise exceptions.WorldSizeChangedError(
+            saved_world,
+            world,
+            why=f"the epoch's last batch holds {last} samples, fewer than "
+            f'the {world} ranks, so a rank would have none',
+            remedy=f'run at most {last} processes',
         )
 
 

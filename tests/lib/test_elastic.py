@@ -182,6 +182,24 @@ def test_a_world_change_refuses_what_cannot_keep_the_global_batch() -> None:
         elastic.check_world_change(kept, _state(kept, 2, 16), 3)
 
 
+def test_a_last_batch_smaller_than_the_new_world_is_refused() -> None:
+    """50 samples on 2 ranks: a last batch of 2 (48 + 2), not for 3 ranks."""
+    loader = drytorch.DataLoader(numbered(50), global_batch_size=24)
+    state = _state(loader, 2, 12)
+    state['loader']['epoch_start'] = (1, 2)
+    elastic.check_world_change(loader, state, 1)
+    with pytest.raises(
+        exceptions.WorldSizeChangedError,
+        match=r'last batch holds 2 samples, fewer than the 3 ranks.*'
+        r'run at most 2 processes',
+    ):
+        elastic.check_world_change(loader, state, 3)
+    dropped = drytorch.DataLoader(
+        numbered(50), global_batch_size=24, drop_last=True
+    )
+    elastic.check_world_change(dropped, state, 3)
+
+
 def test_an_old_checkpoint_gives_its_global_batch_per_rank() -> None:
     state = {'world_size': 3, 'loader': {'seed': 0, 'batch_size': 8}}
     assert elastic.saved_global_batch(state) == 24
