@@ -361,15 +361,28 @@ class CheckpointWriteError(DryTorchError, OSError):
 
 
 class WorldSizeChangedError(DryTorchError):
-    """Raised when a resume cannot continue with a new number of ranks."""
+    """Raised when a resume cannot continue with a new number of ranks.
 
-    def __init__(self, saved: int, now: int) -> None:
+    A mid-epoch checkpoint continues with another number of ranks when the
+    global batch is kept (``DataLoader(global_batch_size=...)``); ``why``
+    says what prevents it, ``remedy`` what would allow it.
+    """
+
+    def __init__(
+        self,
+        saved: int,
+        now: int,
+        *,
+        why: str = 'the exact position cannot be mapped',
+        remedy: str = '',
+    ) -> None:
+        remedy = f'{remedy}, ' if remedy else ''
         super().__init__(
             f'The checkpoint was written by {saved} process(es) in the '
-            f'middle of an epoch, and this attempt runs {now}. The exact '
-            'position cannot be mapped; relaunch with the same number of '
-            f'processes ({saved}), or load the last end-of-epoch '
-            'checkpoint with `load_checkpoint(epoch)`.'
+            f'middle of an epoch, and this attempt runs {now}: {why}. To '
+            f'continue, {remedy}relaunch with the same number of processes '
+            f'({saved}), or load the last end-of-epoch checkpoint with '
+            '`load_checkpoint(epoch)`.'
         )
 
 

@@ -7,7 +7,10 @@ job recomputes it and skips the batches already done.
 Training shards: the permutation is dealt round-robin to the ranks and the
 tail that does not divide by the world size is dropped, so every rank runs
 the same number of steps and the k-th global batch is a contiguous slice of
-the permutation.
+the permutation (``drytorch.lib.elastic``).  The batch is given per rank
+(``batch_size``) or for all ranks together (``global_batch_size``, split
+evenly): the second keeps the global batch, and with it the epoch's steps,
+when a mid-epoch resume runs another number of ranks.
 
 Evaluation shards: every sample is kept exactly once (no padding, no dropped
 tail).  Rank r takes samples r, r + W, r + 2W, ...; all ranks run the same
@@ -45,7 +48,7 @@ import torch
 import torch.utils.data as torch_data
 
 from drytorch.distributed import ranks
-from drytorch.lib import streams
+from drytorch.lib import elastic, streams
 from drytorch.lib.worker_pool import WorkerPool, check_worker_options, pinned
 
 __all__ = ['DataLoader', 'Plan']
@@ -101,6 +104,11 @@ class DataLoader:
             implements ``state_dict()`` / ``load_state_dict()``; see
             ``drytorch.lib.streams``.
         batch_size: samples per batch on each rank.
+        global_batch_size: samples per batch over all ranks together,
+            instead of ``batch_size``: each of W ranks takes
+            ``global_batch_size / W``, which must be whole.  It keeps the
+            training the same under another number of ranks, which is what
+            lets a mid-epoch checkpoint resume with it.
         seed: seeds the training order; saved in checkpoints.
         drop_last: drop a last incomplete training batch.
         collate_fn: turns a list of items into a batch.
@@ -115,8 +123,10 @@ class DataLoader:
             default, 2).
 
     Raises:
-        ValueError: for a ``batch_size``, ``num_workers`` or
-            ``prefetch_factor`` that is not a positive integer, an empty
+        ValueError: for a ``batch_size``, ``global_batch_size``,
+            ``num_workers`` or ``prefetch_factor`` that is not a positive
+            integer, neither or both batch sizes, a ``global_batch_size``
+            that the ranks of the process group do not divide, an empty
             data set, or ``persistent_workers`` / ``prefetch_factor``
             without workers.
         TypeError: for a data set without ``len()``.
@@ -126,8 +136,9 @@ class DataLoader:
     def __init__(
         self,
         dataset: Any,
-        batch_size: int,
+        batch_size: int | None = None,
         *,
+        global_batch_size: int | None = None,
         seed: int = 0,
         drop_last: bool = False,
         collate_fn: Callable[[list[Any]], Any] | None = None,
@@ -136,10 +147,7 @@ class DataLoader:
         persistent_workers: bool = False,
         prefetch_factor: int | None = None,
     ) -> None:
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(
-                f'batch_size must be a positive integer, got {batch_size!r}.'
-            )
+        elastic.check_batch_sizes(batch_size, global_batch_size)
         if streams.is_stream(dataset):
             streams.check_stream(dataset, num_workers)
         try:
@@ -154,7 +162,12 @@ class DataLoader:
                 'The data set is empty; there is nothing to load.'
             )
         self.dataset = dataset
-        self.batch_size = batch_size
+        self._batch_size = batch_size
+        self.global_batch_size = global_batch_size
+        # (epoch, world size it started with) of the last training plan,
+        # and of the epoch a mid-epoch checkpoint resumes
+        self._epoch_start: tuple[int, int] | None = None
+        self._resumed: tuple[int, int] | None = None
         self.seed = seed
         self.drop_last = drop_last
         self.collate_fn = collate_fn or torch_data.default_collate
@@ -171,6 +184,27 @@ class DataLoader:
     def __len__(self) -> int:
         """Samples in the data set."""
         return len(self.dataset)
+
+    @property
+    def is_stream(self) -> bool:
+        """Whether the data set is iterable (positions kept per rank)."""
+        return streams.is_stream(self.dataset)
+
+    @property
+    def batch_size(self) -> int:
+        """Samples per batch on each rank of the current process group."""
+        return self.per_rank_batch(ranks.get_world_size())
+
+    def per_rank_batch(self, world: int) -> int:
+        """Samples per batch on each of ``world`` ranks.
+
+        Raises:
+            ValueError: ``global_batch_size`` does not divide by ``world``.
+
+        """
+        return elastic.per_rank_batch(
+            self._batch_size, self.global_batch_size, world
+        )
 
     def permutation(self, epoch: int) -> torch.Tensor:
         """The training order of ``epoch``: a function of (seed, epoch)."""
@@ -201,32 +235,42 @@ class DataLoader:
         size = len(self.dataset)
         if streams.is_stream(self.dataset):
             return self._stream_plan(size, training, epoch, rank, world)
+        batch_size = self.per_rank_batch(world)
         if training:
             order = self.permutation(epoch)
+            started = world
+            if self._resumed is not None and self._resumed[0] == epoch:
+                started = self._resumed[1]  # the epoch's samples are its
+            self._epoch_start = (epoch, started)
             per_rank = size // world
             if per_rank == 0:
                 raise ValueError(
                     f'The data set has {size} samples, fewer than the '
                     f'{world} ranks; every rank needs at least one.'
                 )
-            if self.drop_last and self.batch_size > per_rank:
+            if self.drop_last and batch_size > per_rank:
                 # Caught here, before the first step: else every epoch
                 # would run zero steps and report nothing, silently.
                 raise ValueError(
-                    f'batch_size={self.batch_size} is larger than the '
+                    f'batch_size={batch_size} is larger than the '
                     f'{per_rank} training samples of each rank ({size} '
                     f'samples over a world size of {world}), so drop_last '
                     'would drop every batch and train nothing. Use a '
                     f'batch_size of at most {per_rank}, or drop_last=False '
                     'to train on the smaller batch.'
                 )
-            mine = order[rank::world][:per_rank]
-            if self.drop_last:
-                mine = mine[: per_rank - per_rank % self.batch_size]
-            batches = list(torch.split(mine, self.batch_size))
+            epoch_samples = size // started * started
+            batches = elastic.training_batches(
+                order,
+                epoch_samples,
+                batch_size * world,
+                rank,
+                world,
+                drop_last=self.drop_last,
+            )
             return Plan(
                 batches,
-                per_rank * world,
+                epoch_samples,
                 epoch=epoch,
                 rank=rank,
                 training=True,
@@ -234,8 +278,8 @@ class DataLoader:
         # min(): a rank past the last sample (fewer samples than ranks)
         # gets none, rather than an arange that runs backwards and fails
         mine = torch.arange(min(rank, size), size, world)
-        steps = math.ceil(math.ceil(size / world) / self.batch_size)
-        batches = list(torch.split(mine, self.batch_size))
+        steps = math.ceil(math.ceil(size / world) / batch_size)
+        batches = list(torch.split(mine, batch_size))
         empty = torch.empty(0, dtype=torch.long)
         batches += [empty] * (steps - len(batches))
         return Plan(batches, size, epoch=epoch, rank=rank, training=False)
@@ -245,10 +289,11 @@ class DataLoader:
     ) -> Plan:
         """A pass over an iterable data set: ``size`` samples on this rank."""
         drop = self.drop_last and training
-        batches = streams.stream_plan_batches(size, self.batch_size, drop)
+        batch_size = self.per_rank_batch(world)
+        batches = streams.stream_plan_batches(size, batch_size, drop)
         if training and not batches:
             raise ValueError(
-                f'batch_size={self.batch_size} is larger than the {size} '
+                f'batch_size={batch_size} is larger than the {size} '
                 'samples the stream yields per rank, so drop_last would '
                 'train nothing. Use a smaller batch or drop_last=False.'
             )
@@ -396,18 +441,50 @@ class DataLoader:
         return state
 
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint needs to reproduce the order."""
-        return {'seed': self.seed, 'batch_size': self.batch_size}
+        """What a checkpoint needs to reproduce the order and position.
+
+        The global batch and the world size the current epoch started with
+        make a mid-epoch position global: the sample cursor is the steps
+        done times the global batch, whatever the number of ranks.
+        """
+        world = ranks.get_world_size()
+        return {
+            'seed': self.seed,
+            'batch_size': self.per_rank_batch(world),
+            'global_batch_size': self.per_rank_batch(world) * world,
+            'epoch_start': self._epoch_start,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the seed of a checkpoint."""
+        """Restore the seed, and the samples of the epoch to resume.
+
+        The epoch that a mid-epoch checkpoint was in keeps the samples of
+        the world size it started with (the tail that one dropped), also
+        when this job runs another.
+        """
         self.seed = int(state['seed'])
+        start = state.get('epoch_start')
+        self._resumed = (
+            None if start is None else (int(start[0]), int(start[1]))
+        )
+
+    def sample_cursor(self, steps_done: int) -> int:
+        """Samples of the current epoch done after ``steps_done`` steps."""
+        if self._epoch_start is None:
+            return 0
+        started = self._epoch_start[1]
+        epoch_samples = len(self.dataset) // started * started
+        return min(
+            steps_done * self.batch_size * ranks.get_world_size(),
+            epoch_samples,
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
             'dataset': type(self.dataset).__name__,
             'samples': len(self.dataset),
-            'batch_size': self.batch_size,
+            'batch_size': self._batch_size,
+            'global_batch_size': self.global_batch_size,
             'seed': self.seed,
         }
 

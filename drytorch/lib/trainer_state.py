@@ -30,7 +30,7 @@ import torch.distributed as dist
 from drytorch.core import exceptions
 from drytorch.core.experimenting import Experiment
 from drytorch.distributed import agreement, ranks
-from drytorch.lib import sharded_checkpoints
+from drytorch.lib import elastic, sharded_checkpoints
 from drytorch.lib.resume import Position, rng_state, stream_for_rank
 
 if TYPE_CHECKING:
@@ -95,7 +95,13 @@ def collect(
         'base_lr': trainer.base_lr,
         'scheduler': trainer.learning_schema.scheduler,
         'optimizer_steps': trainer.optimizer_steps,
-        'loader': trainer.loader.state_dict(),
+        'loader': {
+            **trainer.loader.state_dict(),
+            # the global position: samples of the epoch's order done
+            'sample_cursor': trainer.loader.sample_cursor(position.batch)
+            if position.phase == 'train'
+            else None,
+        },
         'position': dataclasses.asdict(position),
         'metrics': trainer.computed_metrics,
         'validation_metrics': dict(validation.computed_metrics)
@@ -118,16 +124,19 @@ def collect(
 def restore(trainer: Trainer, state: dict[str, Any]) -> Position | None:
     """Put ``state`` back; the position to continue from (None: a fresh one).
 
-    A position inside an epoch needs the world size it was written with
-    (each rank's shard of the epoch depends on it).  At an epoch boundary
-    any number of ranks can continue; ranks the checkpoint did not know get
-    streams derived from the saved ones (see ``resume.stream_for_rank``).
+    At an epoch boundary any number of ranks can continue.  Inside an
+    epoch another number of ranks continues when the global batch is kept
+    (``drytorch.lib.elastic``): the epoch goes on from its global sample
+    cursor, dealt to the ranks there are now, and rank zero carries the
+    saved ranks' partial metric sums.  Ranks the checkpoint did not know
+    get streams derived from the saved ones (``resume.stream_for_rank``).
     """
     position = Position(**state['position'])
     world = ranks.get_world_size()
     saved_world = int(state['world_size'])
-    if position.phase == 'train' and saved_world != world:
-        raise exceptions.WorldSizeChangedError(saved_world, world)
+    elastic_resume = position.phase == 'train' and saved_world != world
+    if elastic_resume:
+        elastic.check_world_change(trainer.loader, state, world)
     load_weights(trainer.model, state, trainer.optimizer)
     trainer.scaler.load_state_dict(state['scaler'])
     trainer.base_lr = state['base_lr']
@@ -149,7 +158,11 @@ def restore(trainer: Trainer, state: dict[str, Any]) -> Position | None:
     rank = ranks.get_rank()
     if script_of_run().takes_streams_of(position.call):
         stream_for_rank(per_rank, rank, trainer.model.device)
-    if position.phase == 'train':
+    if elastic_resume:
+        trainer.accumulator.load_state_dict(
+            elastic.merged_accumulator(per_rank, rank)
+        )
+    elif position.phase == 'train':
         trainer.accumulator.load_state_dict(per_rank[rank]['accumulator'])
         trainer.loader.load_stream_state(per_rank[rank].get('data'))
     if position.phase == 'done' and position.call is None:

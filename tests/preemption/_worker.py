@@ -33,6 +33,14 @@ kept for every pass with ``--persistent-workers``.  ``--iterable
 stateful`` (or ``stateless``) trains on an IterableDataset of the same
 samples, with (or without) ``state_dict()`` / ``load_state_dict()``.
 
+``--global-batch-size G`` gives the training loader a batch over all
+ranks together instead of ``--batch-size`` per rank; ``--dropout P``
+changes the dropout (0 for runs compared across world sizes, whose random
+streams differ); ``--record-ids`` makes each rank append, at every training
+forward pass, the epoch and the ids of the samples it trained to
+``ids-<rank>-<pid>.txt`` in ``--out`` (the training samples carry their
+index as an eleventh feature, which a first layer takes off).
+
 ``--mixed-precision`` trains under autocast (with a gradient scaler on a
 GPU); the model goes to the GPU when there is one.  ``--parallel fsdp``
 shards the model with FSDP2 (each linear layer a unit of its own).
@@ -156,6 +164,34 @@ class Cue(nn.Module):
         return inputs
 
 
+class SampleIds(nn.Module):
+    """Takes off the samples' ids (their last feature), recording them.
+
+    Records only training passes, one line per pass: the epoch, then the
+    ids; ``epoch`` is set once the model exists.  Each rank writes a file
+    of its own, so no file is shared.
+    """
+
+    def __init__(self, path: pathlib.Path | None) -> None:
+        super().__init__()
+        self.path = path
+        self.epoch: Any = lambda: 0
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.path is not None and self.training:
+            ids = inputs[:, -1].round().long().tolist()
+            with self.path.open('a') as file:
+                file.write(f'{self.epoch()} {" ".join(map(str, ids))}\n')
+        return inputs[:, :-1]
+
+
+def with_ids(data: TensorDataset) -> TensorDataset:
+    """The same samples, each carrying its index as a last feature."""
+    features, labels = data.tensors
+    ids = torch.arange(len(features), dtype=features.dtype)[:, None]
+    return TensorDataset(torch.cat([features, ids], dim=1), labels)
+
+
 def data(seed: int = 7) -> tuple[TensorDataset, TensorDataset]:
     """96 training and 40 validation samples of a 3-class problem."""
     generator = torch.Generator().manual_seed(seed)
@@ -168,13 +204,18 @@ def data(seed: int = 7) -> tuple[TensorDataset, TensorDataset]:
     )
 
 
-def network(cue: nn.Module) -> nn.Module:
+def network(
+    cue: nn.Module, dropout: float = 0.3, first: nn.Module | None = None
+) -> nn.Module:
+    """The worker's network; ``first`` (the ids' remover) goes before all."""
     torch.manual_seed(0)
+    layers = [] if first is None else [first]
     return nn.Sequential(
+        *layers,
         cue,
         nn.Linear(10, 32),
         nn.ReLU(),
-        nn.Dropout(0.3),
+        nn.Dropout(dropout),
         nn.Linear(32, 3),
     )
 
@@ -305,6 +346,9 @@ def main(
     parser.add_argument('--resume', action='store_true')
     parser.add_argument('--epochs', type=int, default=3)
     parser.add_argument('--batch-size', type=int, default=16)
+    parser.add_argument('--global-batch-size', type=int, default=None)
+    parser.add_argument('--dropout', type=float, default=0.3)
+    parser.add_argument('--record-ids', action='store_true')
     parser.add_argument('--val-batch-size', type=int, default=16)
     parser.add_argument('--step-sleep', type=float, default=0.0)
     parser.add_argument('--mixed-precision', action='store_true')
@@ -361,8 +405,13 @@ def main(
             # recompile, past torch's recompile limit, after which dynamo
             # runs the module eagerly; it runs eagerly, the layers compiled
             cue.forward = torch.compiler.disable(cue.forward)  # type: ignore[method-assign]
+        ids = None
+        if args.record_ids:
+            name = f'ids-{ranks.get_rank()}-{os.getpid()}.txt'
+            ids = SampleIds(pathlib.Path(args.out) / name)
+            train_set, val_set = with_ids(train_set), with_ids(val_set)
         model = drytorch.Model(
-            network(cue),
+            network(cue, args.dropout, ids),
             name='net',
             mixed_precision=args.mixed_precision,
             parallel=args.parallel,
@@ -373,6 +422,8 @@ def main(
             compile=args.compile,
             **sharding,
         )
+        if ids is not None:
+            ids.epoch = lambda: model.epoch + 1
         loss = drytorch.Loss(objectives.cross_entropy, 'CE')
         if args.iterable:
             stream = StatefulStream if args.iterable == 'stateful' else Stream
@@ -393,7 +444,11 @@ def main(
         trainer = drytorch.Trainer(
             model,
             loader=drytorch.DataLoader(
-                train_set, args.batch_size, seed=3, **workers
+                train_set,
+                None if args.global_batch_size else args.batch_size,
+                global_batch_size=args.global_batch_size,
+                seed=3,
+                **workers,
             ),
             loss=loss,
             learning_schema=drytorch.LearningSchema.adam(
