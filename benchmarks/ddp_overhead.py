@@ -284,7 +284,7 @@ class TrainerLoop:
                 TensorDataset(*data), config.batch_size, seed=config.seed
             ),
             loss=loss,
-            learning_schema=drytorch.LearningSchema.AdamW(lr=config.lr),
+            learning_schema=drytorch.LearningSchema.adam_w(base_lr=config.lr),
             sync_every=sync_every,
         )
         assert len(self.trainer.accumulator.names) == N_METRICS
@@ -389,7 +389,7 @@ def measure(
         name: statistics.median(seconds[name]) / steps[name]
         for name in VARIANTS
     }
-    trainer_metrics = loops['trainer'].trainer.metrics
+    trainer_metrics = loops['trainer'].trainer.computed_metrics
     hand_metrics = loops['hand'].metrics
     return {
         'backend': dist.get_backend(),

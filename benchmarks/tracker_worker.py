@@ -188,7 +188,9 @@ def real_training(
                         model,
                         loader=drytorch.DataLoader(dataset, batch, seed=0),
                         loss=drytorch.Loss('CrossEntropy'),
-                        learning_schema=drytorch.LearningSchema.Adam(lr=1e-3),
+                        learning_schema=drytorch.LearningSchema.adam(
+                            base_lr=1e-3
+                        ),
                     )
                     began = time.perf_counter()
                     exp.trackers.flush()

@@ -141,10 +141,12 @@ def run(rounds: int, epochs: int, n_batches: int) -> dict:
                 model,
                 loader=loader,
                 loss=drytorch.Loss('CrossEntropy'),
-                learning_schema=drytorch.LearningSchema.Adam(lr=LR),
+                learning_schema=drytorch.LearningSchema.adam(base_lr=LR),
             )
-            trainer.post_epoch_hooks.append(
-                lambda t: ours_losses.append(t.metrics['CrossEntropy'])
+            trainer.post_epoch_hooks.register(
+                lambda t: ours_losses.append(
+                    t.computed_metrics['CrossEntropy']
+                )
             )
             hand = HandLoop(hand_network, loader)
             # a second hand loop: hand against hand shows the noise

@@ -12,7 +12,7 @@ from drytorch.core.tracking import (
     remove_all_default_trackers,
 )
 from drytorch.lib.checkpoints import LocalCheckpoint
-from drytorch.lib.evaluations import Test, Validation
+from drytorch.lib.evaluations import Diagnostic, Test, Validation
 from drytorch.lib.learning import LearningSchema
 from drytorch.lib.loading import DataLoader
 from drytorch.lib.models import Model
@@ -22,6 +22,7 @@ from drytorch.trackers.defaults import init_from_environment, init_trackers
 
 __all__ = [
     'DataLoader',
+    'Diagnostic',
     'Experiment',
     'LearningSchema',
     'LocalCheckpoint',

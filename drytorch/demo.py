@@ -97,8 +97,8 @@ def train_digits(
         model = drytorch.Model(build_network(config), name='mlp')
         loss = drytorch.Loss(objectives.cross_entropy, 'CrossEntropy')
         accuracy = drytorch.Metric(objectives.accuracy, 'Accuracy')
-        schema = drytorch.LearningSchema.AdamW(
-            lr=config.lr,
+        schema = drytorch.LearningSchema.adam_w(
+            base_lr=config.lr,
             scheduler=schedulers.CosineScheduler(
                 decay_steps=config.epochs, min_decay=0.05
             ).with_warmup(2),
@@ -114,7 +114,7 @@ def train_digits(
         trainer.add_validation(
             drytorch.DataLoader(val_set, 256, seed=config.seed)
         )
-        trainer.post_epoch_hooks.append(hooks.SaveEveryEpochs(5))
+        trainer.post_epoch_hooks.register(hooks.SaveEveryEpochs(5))
         trainer.train(config.epochs)
         test = drytorch.Test(
             model,
@@ -123,8 +123,8 @@ def train_digits(
         )
         test()
         if ranks.is_rank_zero():
-            _summary(run, test.metrics, ranks.get_world_size())
-        return test.metrics
+            _summary(run, test.computed_metrics, ranks.get_world_size())
+        return test.computed_metrics
 
 
 def _summary(

@@ -13,25 +13,59 @@ from typing import Any
 
 __all__ = [
     'AccessOutsideScopeError',
+    'CannotStoreOutputWarning',
     'CheckpointNotFoundError',
+    'CheckpointNotInitializedError',
     'CheckpointWriteError',
+    'ComputedBeforeUpdatedWarning',
+    'ComputedMetricsTypeError',
     'ConvergenceError',
+    'DatasetHasNoLengthError',
+    'DeviceMismatchError',
+    'DistributedDatasetNotDivisibleWarning',
+    'DistributedStorageWarning',
     'DryTorchError',
     'DryTorchWarning',
+    'EndsRunCleanly',
     'EpochCountError',
+    'EpochNotFoundError',
+    'ExperimentalFeatureWarning',
+    'FailedOptionalImportWarning',
+    'FuncNotApplicableError',
     'LossNotScalarError',
+    'MetricNotFoundError',
     'MissingDependencyError',
-    'ModelAlreadyRegisteredError',
+    'MissingParamError',
+    'ModelDeviceMismatchError',
+    'ModelNotFoundError',
+    'ModuleAlreadyRegisteredError',
+    'ModuleNotDistributedWarning',
+    'ModuleNotRegisteredError',
+    'NameAlreadyRegisteredError',
     'NameNotValidError',
-    'NoActiveRunError',
+    'NamedTupleOnlyError',
+    'NestedScopeError',
+    'NoActiveExperimentError',
+    'NoPreviousRunsWarning',
     'NotAFolderError',
+    'NotExistingRunWarning',
+    'ObjectiveSyncWarning',
+    'OptimizerNotLoadedWarning',
+    'PastEpochWarning',
     'PreemptedExit',
     'REQUEUE_EXIT_CODE',
-    'RunAlreadyExistsError',
+    'RecursionWarning',
+    'ResultNotAvailableError',
+    'RunAlreadyCompletedWarning',
+    'RunAlreadyRecordedError',
     'RunAlreadyRunningError',
-    'RunNotFoundWarning',
-    'TrackerAlreadySubscribedError',
+    'RunAlreadyRunningWarning',
+    'RunNotRecordedError',
+    'RunNotStartedWarning',
+    'TerminatedTrainingWarning',
+    'TrackerAlreadyRegisteredError',
     'TrackerError',
+    'TrackerExceptionWarning',
     'TrackerNotUsedError',
     'TrackerSubscribedTwiceError',
     'WorldSizeChangedError',
@@ -40,6 +74,14 @@ __all__ = [
 
 class DryTorchError(Exception):
     """Base class of the library's errors."""
+
+
+class EndsRunCleanly:
+    """Marks an exception that ends a run as completed, not failed.
+
+    For a decided, agreed end that must still leave through an exception
+    (an Optuna trial pruned: Optuna learns it from ``TrialPruned``).
+    """
 
 
 class PreemptedExit(SystemExit):
@@ -65,7 +107,7 @@ class DryTorchWarning(UserWarning):
     """Base class of the library's warnings."""
 
 
-class NoActiveRunError(DryTorchError):
+class NoActiveExperimentError(DryTorchError):
     """Raised when something needs a running run and none is active."""
 
     def __init__(
@@ -85,7 +127,7 @@ class NoActiveRunError(DryTorchError):
         )
 
 
-class AccessOutsideScopeError(NoActiveRunError):
+class AccessOutsideScopeError(NoActiveExperimentError):
     """Raised when an experiment is accessed outside its run."""
 
 
@@ -132,7 +174,7 @@ class NotAFolderError(DryTorchError, NotADirectoryError):
         )
 
 
-class RunAlreadyExistsError(DryTorchError, ValueError):
+class RunAlreadyRecordedError(DryTorchError, ValueError):
     """Raised when a new run is given the id of an existing one."""
 
     def __init__(self, run_id: str) -> None:
@@ -142,7 +184,7 @@ class RunAlreadyExistsError(DryTorchError, ValueError):
         )
 
 
-class RunNotFoundWarning(DryTorchWarning):
+class NotExistingRunWarning(DryTorchWarning):
     """Warned when resuming a run id that the registry does not know."""
 
     def __init__(self, run_id: str, experiment: str) -> None:
@@ -156,7 +198,7 @@ class TrackerError(DryTorchError):
     """Raised by trackers for failures of their backend."""
 
 
-class TrackerAlreadySubscribedError(DryTorchError, ValueError):
+class TrackerAlreadyRegisteredError(DryTorchError, ValueError):
     """Raised when a name is subscribed twice to one dispatcher."""
 
     def __init__(self, name: str, default: bool = False) -> None:
@@ -214,7 +256,7 @@ class MissingDependencyError(DryTorchError, ImportError):
         )
 
 
-class ModelAlreadyRegisteredError(DryTorchError):
+class ModuleAlreadyRegisteredError(DryTorchError):
     """Raised when the same module is registered twice in one run."""
 
     def __init__(self, name: str, experiment: str) -> None:
@@ -266,8 +308,19 @@ class ConvergenceError(DryTorchError, FloatingPointError):
         self.rank = rank
 
 
-class CheckpointNotFoundError(DryTorchError, FileNotFoundError):
-    """Raised when no complete checkpoint matches the request."""
+class ModelNotFoundError(DryTorchError, FileNotFoundError):
+    """Raised when no saved model is found (see CheckpointNotFoundError)."""
+
+
+class EpochNotFoundError(ModelNotFoundError):
+    """Raised when no checkpoint of the asked epoch is found."""
+
+
+class CheckpointNotFoundError(EpochNotFoundError):
+    """Raised when no complete checkpoint matches the request.
+
+    DRYTorch's ``ModelNotFoundError`` and ``EpochNotFoundError`` catch it.
+    """
 
     def __init__(self, where: pathlib.Path, epoch: int) -> None:
         which = 'any epoch' if epoch < 0 else f'epoch {epoch}'
@@ -308,13 +361,219 @@ class CheckpointWriteError(DryTorchError, OSError):
 
 
 class WorldSizeChangedError(DryTorchError):
-    """Raised when a resume cannot continue with a new number of ranks."""
+    """Raised when a resume cannot continue with a new number of ranks.
 
-    def __init__(self, saved: int, now: int) -> None:
+    A mid-epoch checkpoint continues with another number of ranks when the
+    global batch is kept (``DataLoader(global_batch_size=...)``); ``why``
+    says what prevents it, ``remedy`` what would allow it.
+    """
+
+    def __init__(
+        self,
+        saved: int,
+        now: int,
+        *,
+        why: str = 'the exact position cannot be mapped',
+        remedy: str = '',
+    ) -> None:
+        remedy = f'{remedy}, ' if remedy else ''
         super().__init__(
             f'The checkpoint was written by {saved} process(es) in the '
-            f'middle of an epoch, and this attempt runs {now}. The exact '
-            'position cannot be mapped; relaunch with the same number of '
-            f'processes ({saved}), or load the last end-of-epoch '
-            'checkpoint with `load_checkpoint(epoch)`.'
+            f'middle of an epoch, and this attempt runs {now}: {why}. To '
+            f'continue, {remedy}relaunch with the same number of processes '
+            f'({saved}), or load the last end-of-epoch checkpoint with '
+            '`load_checkpoint(epoch)`.'
         )
+
+
+class MetricNotFoundError(DryTorchError, KeyError):
+    """Raised when a hook monitors a metric that the evaluation lacks."""
+
+    def __init__(
+        self, source_name: str, metric_name: str, found: Iterable[str] = ()
+    ) -> None:
+        self.source_name, self.metric_name = source_name, metric_name
+        names = sorted(found)
+        super().__init__(
+            f'{source_name} computed no metric {metric_name!r} (it computed '
+            f'{names}); pass one of those as `metric`, or the objective '
+            'itself.'
+        )
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
+
+
+class ResultNotAvailableError(DryTorchError):
+    """Raised when a monitored value is read before any was recorded."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            'No value has been recorded yet: the hook has not run after an '
+            'epoch whose metrics it monitors.'
+        )
+
+
+class TrackerExceptionWarning(DryTorchWarning):
+    """Warned when a tracker raised and was unsubscribed.
+
+    Attributes:
+        tracker: the name the tracker was subscribed under.
+        filename: the file of the innermost frame of the traceback.
+        lineno: its line, so that a custom tracker's bug is found at once.
+
+    """
+
+    def __init__(
+        self,
+        message: str,
+        tracker: str = '',
+        filename: str = '',
+        lineno: int = 0,
+    ) -> None:
+        super().__init__(message)
+        self.tracker = tracker
+        self.filename = filename
+        self.lineno = lineno
+
+
+# ---------------------------------------------------------------------------
+# DRYTorch's other names.  Code written for DRYTorch catches or filters them
+# by these names; each docstring says when drytorch raises it, or why it
+# does not (a situation that cannot arise here).
+
+
+class CheckpointNotInitializedError(DryTorchError):
+    """A checkpoint used before it was bound to a model.
+
+    Not raised here: a Model binds its checkpoint when it is built.
+    """
+
+
+class ComputedMetricsTypeError(DryTorchError, TypeError):
+    """A metric function returned neither a tensor nor a mapping of them."""
+
+
+class DatasetHasNoLengthError(DryTorchError, TypeError):
+    """A map-style data set without ``__len__``.
+
+    Not raised here: data sets without a length are iterated as iterable
+    data sets, whose position is their own ``state_dict()``.
+    """
+
+
+class DeviceMismatchError(DryTorchError, ValueError):
+    """A metric's value is on another device than the targets."""
+
+
+class FuncNotApplicableError(DryTorchError, TypeError):
+    """A function cannot be applied to a value of this type."""
+
+
+class MissingParamError(DryTorchError, ValueError):
+    """Parameter groups of a learning rate dict miss some parameters.
+
+    Not raised here: ``LearningSchema.build_optimizer`` raises a
+    ``ValueError`` that names the parameters and the prefixes.
+    """
+
+
+class ModelDeviceMismatchError(DryTorchError, ValueError):
+    """Parameters and outputs on different device types under a group."""
+
+
+class ModuleNotRegisteredError(DryTorchError):
+    """A model used in a run it was not registered in."""
+
+
+class NameAlreadyRegisteredError(DryTorchError, ValueError):
+    """A name already used by another actor of the run."""
+
+
+class NamedTupleOnlyError(DryTorchError, TypeError):
+    """A tuple subclass that is not a named tuple, where one is needed."""
+
+
+class NestedScopeError(DryTorchError):
+    """An experiment started inside another's scope.
+
+    Here a second run while one is active raises RunAlreadyRunningError.
+    """
+
+
+class RunNotRecordedError(DryTorchError, KeyError):
+    """A run id that the experiment's registry does not hold."""
+
+
+class CannotStoreOutputWarning(DryTorchWarning):
+    """Outputs could not be stored (``store_outputs=True``)."""
+
+
+class ComputedBeforeUpdatedWarning(DryTorchWarning):
+    """A metric computed before any batch updated it."""
+
+
+class DistributedDatasetNotDivisibleWarning(DryTorchWarning):
+    """An evaluation set that does not divide by the world size.
+
+    Not warned here: evaluations count every sample exactly once whatever
+    the world size (see the README, Distributed).
+    """
+
+
+class DistributedStorageWarning(DryTorchWarning):
+    """Stored outputs could not be gathered over the ranks."""
+
+
+class ExperimentalFeatureWarning(DryTorchWarning):
+    """A feature that may still change."""
+
+
+class FailedOptionalImportWarning(DryTorchWarning):
+    """An optional package is missing; the library goes on without it."""
+
+
+class ModuleNotDistributedWarning(DryTorchWarning):
+    """A module trained under a process group without DDP or FSDP.
+
+    Not warned here: a Model wraps its module itself under a group.
+    """
+
+
+class NoPreviousRunsWarning(DryTorchWarning):
+    """``resume=True`` with no earlier run: a new one starts."""
+
+
+class ObjectiveSyncWarning(DryTorchWarning):
+    """An objective's state could not be synchronised over the ranks."""
+
+
+class OptimizerNotLoadedWarning(DryTorchWarning):
+    """A checkpoint's optimizer state did not load."""
+
+
+class PastEpochWarning(DryTorchWarning):
+    """``train_until`` an epoch the model is already past."""
+
+
+class RecursionWarning(DryTorchWarning):
+    """Metadata of an object that contains itself is not documented."""
+
+
+class RunAlreadyCompletedWarning(DryTorchWarning):
+    """A run stopped twice."""
+
+
+class RunAlreadyRunningWarning(DryTorchWarning):
+    """A run started twice.
+
+    Here a second start while a run is active raises RunAlreadyRunningError.
+    """
+
+
+class RunNotStartedWarning(DryTorchWarning):
+    """A run stopped before it started."""
+
+
+class TerminatedTrainingWarning(DryTorchWarning):
+    """Training asked for after the training was terminated."""

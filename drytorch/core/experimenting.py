@@ -135,7 +135,7 @@ class Run:
     def timestamp(self) -> datetime.datetime:
         """When this attempt started."""
         if self._decision is None:
-            raise exceptions.NoActiveRunError('Run.timestamp')
+            raise exceptions.NoActiveExperimentError('Run.timestamp')
         return self._decision.timestamp
 
     @property
@@ -255,7 +255,7 @@ class Run:
         exc: BaseException | None,
         tb: types.TracebackType | None,
     ) -> None:
-        if exc is None:
+        if exc is None or isinstance(exc, exceptions.EndsRunCleanly):
             self.stop('completed')
         elif isinstance(exc, exceptions.PreemptedExit):
             self.stop('preempted')
@@ -283,7 +283,7 @@ class Run:
             if target is None:
                 missing = self.requested_id or '(last run)'
                 warnings.warn(
-                    exceptions.RunNotFoundWarning(
+                    exceptions.NotExistingRunWarning(
                         missing, self.experiment.name
                     ),
                     stacklevel=3,
@@ -395,7 +395,7 @@ class Experiment(Generic[_T_co]):
         """This experiment's running run."""
         run = Experiment._current_run_obj
         if run is None or run.experiment is not self:
-            raise exceptions.NoActiveRunError(f'{self.name}.run')
+            raise exceptions.NoActiveExperimentError(f'{self.name}.run')
         return run
 
     @classmethod
@@ -408,10 +408,12 @@ class Experiment(Generic[_T_co]):
         """The experiment whose run is active."""
         run = Experiment._current_run_obj
         if run is None:
-            raise exceptions.NoActiveRunError(f'{cls.__name__}.get_current()')
+            raise exceptions.NoActiveExperimentError(
+                f'{cls.__name__}.get_current()'
+            )
         experiment = run.experiment
         if not isinstance(experiment, cls):
-            raise exceptions.NoActiveRunError(
+            raise exceptions.NoActiveExperimentError(
                 f'{cls.__name__}.get_current()',
                 running=f'experiment {experiment.name!r} '
                 f'({experiment.__class__.__name__})',

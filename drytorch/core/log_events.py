@@ -117,7 +117,7 @@ class Event:
     def __post_init__(self) -> None:
         publisher = Event._publisher
         if publisher is None:
-            raise exceptions.NoActiveRunError(
+            raise exceptions.NoActiveExperimentError(
                 f'Creating {self.__class__.__name__}'
             )
         for name, deep in _snapshot_fields(type(self)):
@@ -258,15 +258,22 @@ class EndEpochEvent(Event):
 class IterateBatchEvent(Event):
     """A loop over batches starts; progress is pushed through ``update``.
 
-    Trackers that show progress append a callback to ``push_updates`` while
-    handling the event; the loop then calls :meth:`update` at each sync
-    point with the running global metrics and the number of batches done.
+    Trackers that show progress append a callback ``push(metrics, n)`` to
+    ``push_updates`` while handling the event; the loop then calls
+    :meth:`update` at each sync point with the running global metrics and
+    ``n``, the batches run since the previous update.  These are DRYTorch's
+    fields and callback, so a tracker written for DRYTorch counts progress
+    unchanged.  Over one loop the increments add up to ``n_iter``: after a
+    resume the first one also counts the ``start_batch`` batches done before
+    the preemption, so the bar of such a tracker still ends full.
 
     Attributes:
         source_name: who iterates (trainer, validation, test).
         batch_size: samples per batch on this rank, if known.
+        n_iter: the batches this loop runs, the same on every rank
+            (``None`` when not known).
         dataset_size: samples in the whole data set, if known.
-        num_batches: batches this loop will run, if known.
+        push_updates: the trackers' progress callbacks.
         start_batch: batches already done (non-zero when resuming).
         model_name: the model the loop runs; empty if not said.
 
@@ -274,18 +281,25 @@ class IterateBatchEvent(Event):
 
     source_name: str
     batch_size: int | None
+    n_iter: int | None
     dataset_size: int | None
-    num_batches: int | None = None
-    start_batch: int = 0
     push_updates: list[Callable[[Mapping[str, Any], int], None]] = (
         dataclasses.field(default_factory=list, metadata={_SNAPSHOT: 'shared'})
     )
+    start_batch: int = 0
     model_name: str = ''
 
-    def update(self, metrics: Mapping[str, Any], batches_done: int) -> None:
-        """Push the running metrics and progress to the trackers."""
+    def update(self, metrics: Mapping[str, Any], n_processes: int = 1) -> None:
+        """Push the running metrics and the progress to the trackers.
+
+        Args:
+            metrics: the running global metrics by name.
+            n_processes: the batches run since the previous update (the
+                name is DRYTorch's, where each process advanced one batch).
+
+        """
         for push in self.push_updates:
-            push(metrics, batches_done)
+            push(metrics, n_processes)
 
 
 @dataclasses.dataclass(frozen=True)

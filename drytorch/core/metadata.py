@@ -154,7 +154,7 @@ class MetadataManager:
         validate_folder_name('Model', name)
         known = self._modules.get(id(module))
         if known is not None and known[1]() is module:
-            raise exceptions.ModelAlreadyRegisteredError(
+            raise exceptions.ModuleAlreadyRegisteredError(
                 known[0], self.exp_name
             )
         unique = name

@@ -156,7 +156,7 @@ class RunRegistry:
         commit = git_commit()
         with self._transaction() as runs:
             if run_id is not None and run_id in runs:
-                raise exceptions.RunAlreadyExistsError(run_id)
+                raise exceptions.RunAlreadyRecordedError(run_id)
             base = run_id or now.strftime(TIMESTAMP_FORMAT)
             unique = base
             counter = 1

@@ -29,35 +29,14 @@ __all__ = [
     'DEFAULT_TRACKERS',
     'EventDispatcher',
     'Tracker',
-    'TrackerFailedWarning',
+    'TrackerExceptionWarning',
     'extend_default_trackers',
     'remove_all_default_trackers',
 ]
 
 _logger = logging.getLogger('drytorch')
-
-
-class TrackerFailedWarning(exceptions.DryTorchWarning):
-    """Warned when a tracker raised and was unsubscribed.
-
-    Attributes:
-        tracker: the name the tracker was subscribed under.
-        filename: the file of the innermost frame of the traceback.
-        lineno: its line, so that a custom tracker's bug is found at once.
-
-    """
-
-    def __init__(
-        self,
-        message: str,
-        tracker: str = '',
-        filename: str = '',
-        lineno: int = 0,
-    ) -> None:
-        super().__init__(message)
-        self.tracker = tracker
-        self.filename = filename
-        self.lineno = lineno
+# DRYTorch's name, where DRYTorch keeps it; importable from here too.
+TrackerExceptionWarning = exceptions.TrackerExceptionWarning
 
 
 class Tracker(abc.ABC):
@@ -107,7 +86,9 @@ class Tracker(abc.ABC):
         """
         dispatcher = EventDispatcher.active()
         if dispatcher is None:
-            raise exceptions.NoActiveRunError(f'{cls.__name__}.get_current()')
+            raise exceptions.NoActiveExperimentError(
+                f'{cls.__name__}.get_current()'
+            )
         found = dispatcher.find(cls)
         if found is None:
             raise exceptions.TrackerNotUsedError(cls, dispatcher.all_names())
@@ -131,7 +112,7 @@ class _Update(NamedTuple):
 
     event: log_events.IterateBatchEvent
     metrics: Mapping[str, Any]
-    batches_done: int
+    advanced: int
 
 
 def _check_trackers(
@@ -156,7 +137,7 @@ def _check_trackers(
         if name in seen or (held is not None and name in held):
             if held is not None and held.get(name) is tracker:
                 continue  # the same default again: nothing to do
-            raise exceptions.TrackerAlreadySubscribedError(name, default)
+            raise exceptions.TrackerAlreadyRegisteredError(name, default)
         other = names.get(id(tracker))
         if other is not None and other != name:
             raise exceptions.TrackerSubscribedTwiceError(name, other)
@@ -235,7 +216,7 @@ class EventDispatcher:
         with self._lock:
             for name, tracker in pairs:
                 if self._trackers.get(name) is tracker:
-                    raise exceptions.TrackerAlreadySubscribedError(name)
+                    raise exceptions.TrackerAlreadyRegisteredError(name)
             _check_trackers(pairs, self._trackers)
             for name, tracker in pairs:
                 self._trackers[name] = tracker
@@ -407,10 +388,10 @@ class EventDispatcher:
         clone = copy.copy(event)
         object.__setattr__(clone, 'push_updates', [])
 
-        def forward(metrics: Mapping[str, Any], batches_done: int) -> None:
+        def forward(metrics: Mapping[str, Any], advanced: int) -> None:
             # queued even while the copy has no callback yet: the worker
             # may not have reached the event that registers them
-            update = _Update(clone, dict(metrics), batches_done)
+            update = _Update(clone, dict(metrics), advanced)
             worker.put(update, (_UPDATES,))
 
         event.push_updates.append(forward)
@@ -420,7 +401,7 @@ class EventDispatcher:
         """Call one tracker; a tracker that raises is dropped, never fatal."""
         if handler is _UPDATES:
             for push in item.event.push_updates:
-                push(item.metrics, item.batches_done)
+                push(item.metrics, item.advanced)
             return
         if self._trackers.get(handler.name) is not handler.tracker:
             return  # removed or dropped after the event was queued
@@ -440,12 +421,12 @@ class EventDispatcher:
     ) -> Callable[[Mapping[str, Any], int], None]:
         """A progress callback that drops its tracker instead of raising."""
 
-        def guarded(metrics: Mapping[str, Any], batches_done: int) -> None:
+        def guarded(metrics: Mapping[str, Any], advanced: int) -> None:
             if self._trackers.get(handler.name) is not handler.tracker:
                 return
             self._pushing = handler
             try:
-                push(metrics, batches_done)
+                push(metrics, advanced)
             except Exception as err:  # noqa: BLE001
                 self._drop(handler, 'a progress update', err)
             finally:
@@ -499,7 +480,7 @@ class EventDispatcher:
             del self._trackers[handler.name]
             self._rebuild()
         filename, lineno = where
-        warning = TrackerFailedWarning(
+        warning = TrackerExceptionWarning(
             f'Tracker {handler.name!r} has not returned from its call for '
             f'{ran:.1f} s (${delivery.STALL_TIMEOUT_VARIABLE}; it waits at '
             f'{filename}:{lineno}); it is unsubscribed without clean-up, and '
@@ -517,7 +498,7 @@ class EventDispatcher:
     ) -> None:
         missed = ', '.join(f'{n}: {k}' for n, k in report.undelivered.items())
         warnings.warn(
-            TrackerFailedWarning(
+            TrackerExceptionWarning(
                 f'Trackers did not catch up within {timeout:g} s '
                 f'(${delivery.DRAIN_TIMEOUT_VARIABLE}); events not delivered '
                 f'per tracker: {missed}. {report.stuck!r} was still busy; '
@@ -559,7 +540,7 @@ def _warn_failure(name: str, text: str, err: BaseException) -> None:
         if frames
         else ('<unknown>', 0)
     )
-    warning = TrackerFailedWarning(
+    warning = TrackerExceptionWarning(
         f'Tracker {name!r} {text} (at {filename}:{lineno})',
         tracker=name,
         filename=filename,
@@ -568,14 +549,14 @@ def _warn_failure(name: str, text: str, err: BaseException) -> None:
     _warn_at(warning)
 
 
-def _warn_at(warning: TrackerFailedWarning) -> None:
+def _warn_at(warning: TrackerExceptionWarning) -> None:
     """Warn as from the warning's own file and line (the tracker's)."""
     filename, lineno = warning.filename, warning.lineno
     # warn_explicit shows nothing without a module (3.11); the file's stem
     # is what warnings.warn would derive for a module-level frame
     module = filename.rsplit('/', 1)[-1].removesuffix('.py') or 'drytorch'
     warnings.warn_explicit(
-        warning, TrackerFailedWarning, filename, lineno, module=module
+        warning, TrackerExceptionWarning, filename, lineno, module=module
     )
 
 

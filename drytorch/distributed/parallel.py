@@ -30,6 +30,7 @@ the other way round.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -44,7 +45,9 @@ if TYPE_CHECKING:
 __all__ = [
     'PARALLEL_CHOICES',
     'Choice',
+    'DDPOptions',
     'Shard',
+    'check_ddp_options',
     'check_parallel',
     'choose',
     'fsdp_policy',
@@ -52,6 +55,7 @@ __all__ = [
     'full_state_dict',
     'load_full_optimizer_state_dict',
     'load_full_state_dict',
+    'plain_optimizer_state',
     'replicate',
     'check_group',
     'shard_module',
@@ -128,6 +132,97 @@ def choose(
             "Pass mixed_precision=True for autocast, or parallel='fsdp'."
         )
     return Choice(kind)
+
+
+@dataclasses.dataclass(frozen=True)
+class DDPOptions:
+    """``DistributedDataParallel``'s own options, passed through as given.
+
+    Attributes:
+        find_unused_parameters: look for parameters that got no gradient
+            in a step (a branch not taken), at the cost of a graph walk
+            per step; without it such a model fails at the next step.
+        static_graph: the set of used parameters never changes, so DDP
+            may plan its buckets once (it also allows reentrant
+            checkpointing).
+        gradient_as_bucket_view: gradients are views into the buckets,
+            saving a copy and the memory of one gradient.
+        bucket_cap_mb: the size of a bucket in MiB (None: torch's 25).
+
+    """
+
+    find_unused_parameters: bool = False
+    static_graph: bool = False
+    gradient_as_bucket_view: bool = False
+    bucket_cap_mb: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in (
+            'find_unused_parameters',
+            'static_graph',
+            'gradient_as_bucket_view',
+        ):
+            _check_flag(name, getattr(self, name))
+        cap = self.bucket_cap_mb
+        if cap is None:
+            return
+        if isinstance(cap, bool) or not isinstance(cap, int | float):
+            raise TypeError(
+                'bucket_cap_mb must be a number of MiB (or None for '
+                f"torch's 25), got {type(cap).__name__} {cap!r}."
+            )
+        if not (math.isfinite(cap) and cap > 0):
+            raise ValueError(
+                f'bucket_cap_mb must be positive and finite, got {cap!r}; '
+                "None keeps torch's 25 MiB."
+            )
+
+    @property
+    def is_default(self) -> bool:
+        """Whether every option is torch's default."""
+        return self == DDPOptions()
+
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of ``DistributedDataParallel``."""
+        options: dict[str, Any] = {
+            'find_unused_parameters': self.find_unused_parameters,
+            'static_graph': self.static_graph,
+            'gradient_as_bucket_view': self.gradient_as_bucket_view,
+        }
+        if self.bucket_cap_mb is not None:
+            options['bucket_cap_mb'] = self.bucket_cap_mb
+        return options
+
+
+def _check_flag(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(
+            f'{name} must be True or False, got {type(value).__name__} '
+            f'{value!r}.'
+        )
+
+
+def check_ddp_options(kind: str, options: DDPOptions) -> None:
+    """Refuse DDP's options with another wrapping.
+
+    Raises:
+        ValueError: with ``parallel='fsdp'`` and an option that is not
+            torch's default; FSDP would ignore it silently.
+
+    """
+    if kind == 'ddp' or options.is_default:
+        return
+    default = DDPOptions()
+    given = ', '.join(
+        f'{f.name}={getattr(options, f.name)!r}'
+        for f in dataclasses.fields(options)
+        if getattr(options, f.name) != getattr(default, f.name)
+    )
+    raise ValueError(
+        f'{given}: options of DistributedDataParallel, and this model has '
+        f'parallel={kind!r}, which does not use them. Drop them, or pass '
+        "parallel='ddp'."
+    )
 
 
 def check_parallel(parallel: str | None) -> str:
@@ -281,16 +376,22 @@ def shard_module(
     fully_shard(module, **options)
 
 
-def replicate(module: nn.Module, device: torch.device) -> nn.Module:
+def replicate(
+    module: nn.Module,
+    device: torch.device,
+    options: DDPOptions | None = None,
+) -> nn.Module:
     """``module`` in ``DistributedDataParallel`` (collective: syncs).
 
     DDP broadcasts rank zero's parameters and buffers when it is built,
-    so every rank must build it at the same point.
+    so every rank must build it at the same point.  ``options`` are
+    passed through (None: torch's defaults).
     """
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [device.index] if device.type == 'cuda' else None
-    return DistributedDataParallel(module, device_ids=device_ids)
+    kwargs = (options or DDPOptions()).kwargs()
+    return DistributedDataParallel(module, device_ids=device_ids, **kwargs)
 
 
 def _full_options(*, loading: bool) -> StateDictOptions:
@@ -341,6 +442,16 @@ def full_optimizer_state_dict(
     named = get_optimizer_state_dict(
         module, optimizer, options=_full_options(loading=False)
     )
+    return plain_optimizer_state(named)
+
+
+def plain_optimizer_state(named: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer state keyed by parameter names, keyed by position.
+
+    torch.distributed.checkpoint keys states by the parameters' names; a
+    plain ``Optimizer.load_state_dict`` wants their positions in the
+    parameter groups, in order.
+    """
     groups = named.get('param_groups') or []
     position: dict[str, int] = {}
     plain_groups = []

@@ -27,6 +27,7 @@ import math
 import os
 import pathlib
 import re
+import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -189,7 +190,7 @@ def apply_retention(
         if info.path.name in keep:
             continue
         try:
-            info.path.unlink(missing_ok=True)
+            _delete(info.path)
         except OSError as err:
             remaining.add(info.path.name)
             _warn(f'Old checkpoint {info.path} cannot be removed ({err}).')
@@ -199,9 +200,23 @@ def apply_retention(
         )
 
 
-def temporary_path(final: pathlib.Path) -> pathlib.Path:
-    """Where this process writes ``final`` before renaming it."""
-    return final.with_name(f'.{final.name}.{os.getpid()}.tmp')
+def _delete(path: pathlib.Path) -> None:
+    """Delete a file, or a folder of parts with what it holds."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def temporary_path(
+    final: pathlib.Path, pid: int | None = None
+) -> pathlib.Path:
+    """Where ``final`` is written before it is renamed.
+
+    Named after the writing process (this one, or ``pid``: rank zero's,
+    for a folder that every rank writes into).
+    """
+    return final.with_name(f'.{final.name}.{pid or os.getpid()}.tmp')
 
 
 def _writer_gone(pid: int) -> bool:
@@ -230,10 +245,12 @@ def clean_leftovers(
     ours: Callable[[str], bool],
     *,
     older_than: float = STALE_AFTER_S,
+    keep: frozenset[str] = frozenset(),
 ) -> list[pathlib.Path]:
     """Remove the temporary files of writes to ``folder`` that were killed.
 
-    Only temporary files whose final name satisfies ``ours`` are touched;
+    Only temporary files whose final name satisfies ``ours`` are touched,
+    and never those named in ``keep`` (a write of this process in flight);
     see :meth:`~drytorch.lib.checkpoints.LocalCheckpoint.clean_leftovers`.
 
     Returns:
@@ -251,12 +268,12 @@ def clean_leftovers(
     now = time.time()
     for path in folder.iterdir():
         match = _TMP.match(path.name)
-        if match is None or not ours(match['target']):
+        if match is None or not ours(match['target']) or path.name in keep:
             continue
         try:
             age = now - path.stat().st_mtime
             if age > older_than or _writer_gone(int(match['pid'])):
-                path.unlink()
+                _delete(path)
                 removed.append(path)
         except FileNotFoundError:  # its writer has just renamed it
             continue

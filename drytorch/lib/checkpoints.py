@@ -28,10 +28,8 @@ pointer and the scan always find something.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pathlib
-import re
 import warnings
 import zipfile
 from typing import Any, Literal
@@ -42,45 +40,18 @@ from drytorch.core import exceptions
 from drytorch.core.experimenting import Experiment
 from drytorch.core.registry import atomic_write_text
 from drytorch.lib import checkpoint_housekeeping as housekeeping
+from drytorch.lib import sharded_checkpoints as sharded
+from drytorch.lib.background_saves import BackgroundSave
+from drytorch.lib.checkpoint_names import (
+    _NAME,
+    LATEST,
+    CheckpointInfo,
+    CheckpointUnreadableError,
+    file_name,
+)
+from drytorch.lib.checkpoint_parts import CheckpointParts
 
 __all__ = ['CheckpointInfo', 'CheckpointUnreadableError', 'LocalCheckpoint']
-
-LATEST = 'latest'
-
-_NAME = re.compile(r'^epoch_(\d{6,})(?:\+(\d{6,}))?\.pt$')
-
-
-@dataclasses.dataclass(frozen=True, order=True)
-class CheckpointInfo:
-    """A checkpoint's place: ``epoch`` done, ``batch`` into the next."""
-
-    epoch: int
-    batch: int
-    path: pathlib.Path = dataclasses.field(compare=False)
-
-    @property
-    def mid_epoch(self) -> bool:
-        """Whether the checkpoint was taken inside an epoch."""
-        return self.batch > 0
-
-
-class CheckpointUnreadableError(exceptions.DryTorchError):
-    """Raised when a named checkpoint file cannot be read.
-
-    Not a :class:`~drytorch.core.exceptions.CheckpointNotFoundError`: the
-    file was chosen (by the caller, or by rank zero for every rank), so a
-    failure is a fault to report, not a reason to start from scratch.
-    """
-
-    def __init__(self, path: pathlib.Path, cause: BaseException) -> None:
-        self.path = path
-        self.cause = f'{cause.__class__.__name__}: {cause}'
-        super().__init__(
-            f'Checkpoint {path} cannot be read ({self.cause}). If another '
-            'process chose it, check that the folder is shared and that '
-            'nothing removed or rewrote the file; `load(-1)` falls back '
-            'to an older checkpoint instead.'
-        )
 
 
 def _mtime(path: pathlib.Path) -> float:
@@ -88,15 +59,6 @@ def _mtime(path: pathlib.Path) -> float:
         return path.stat().st_mtime
     except OSError:
         return float('-inf')
-
-
-def file_name(epoch: int, batch: int = 0) -> str:
-    """The name of the checkpoint after ``epoch`` epochs and ``batch`` more."""
-    return (
-        f'epoch_{epoch:06d}.pt'
-        if not batch
-        else (f'epoch_{epoch:06d}+{batch:06d}.pt')
-    )
 
 
 def _fsync_dir(folder: pathlib.Path) -> None:
@@ -117,16 +79,22 @@ def _warn(message: str) -> None:
 
 
 def _ours(name: str) -> bool:
-    """Whether this class writes files named ``name``."""
+    """Whether this class writes files named ``name``.
+
+    ``<checkpoint>.old`` is a folder of parts moved aside to be replaced.
+    """
+    name = name.removesuffix(sharded.OLD)
     return bool(_NAME.match(name)) or name in (LATEST, housekeeping.SCORES)
 
 
-class LocalCheckpoint:
+class LocalCheckpoint(CheckpointParts):
     """Checkpoints of one model in a local (or shared) folder.
 
     Call :meth:`save` and :meth:`clean_leftovers` on rank zero only: they
     write and delete files and hold no collectives.  Only one process may
-    write to a folder at a time.
+    write to a folder at a time.  A checkpoint in parts
+    (:meth:`save_parts`, ``sharded=True``) is written by every rank, each
+    its own part: that one, and :meth:`wait`, are collectives.
 
     Args:
         par_dir: where checkpoints go; by default ``checkpoints`` in the
@@ -139,6 +107,21 @@ class LocalCheckpoint:
         run_folders: False: always ``<par_dir>/<model>``, whichever run
             is active: to start from another run's checkpoints, or to keep
             a layout of one's own (every run then shares the folder).
+        sharded: True: each checkpoint is a folder of parts, one per rank,
+            through ``torch.distributed.checkpoint`` (see
+            :mod:`drytorch.lib.sharded_checkpoints`), instead of one file
+            that rank zero writes after gathering everything.  For models
+            that do not fit in one device's memory, and to spread the
+            writes over the ranks; such a checkpoint loads into any number
+            of ranks at an epoch boundary, and :meth:`export` turns it
+            into one file.  None (the default): parts for a model sharded
+            over the ranks (FSDP) or with ``async_checkpoint``, single
+            files otherwise.
+        async_checkpoint: write checkpoints in the background: a save
+            blocks training only while each rank copies its part to host
+            memory (see :mod:`drytorch.lib.background_saves`); a
+            preemption's checkpoint and the last of a training call are
+            still waited for.  Needs ``sharded``.
         keep_last: how many of the newest end-of-epoch checkpoints to keep
             (None: all of them).
         keep_best: how many of the best-scored end-of-epoch checkpoints to
@@ -159,8 +142,19 @@ class LocalCheckpoint:
         best_is: Literal['lower', 'higher'] = 'lower',
         monitor: str | None = None,
         run_folders: bool = True,
+        sharded: bool | None = None,
+        async_checkpoint: bool = False,
     ) -> None:
         housekeeping.check_retention(keep_last, keep_best, best_is)
+        if sharded is not None and not isinstance(sharded, bool):
+            raise TypeError(f'sharded must be True or False, got {sharded!r}.')
+        self._sharded_asked = sharded
+        #: whether checkpoints are folders of parts, one per rank
+        self.sharded = bool(sharded)
+        #: whether checkpoints in parts are written in the background
+        self.async_checkpoint = False
+        self.set_async(async_checkpoint)
+        self._background = BackgroundSave()
         if monitor is not None and (
             not isinstance(monitor, str) or not monitor
         ):
@@ -181,6 +175,16 @@ class LocalCheckpoint:
         """Attach to a model (its name is the sub-folder)."""
         self.model_name = model_name
 
+    def suit_sharded_model(self) -> None:
+        """Write in parts for a sharded model, unless asked not to.
+
+        Called by a model sharded over the ranks (FSDP): a single file
+        would pass the whole model through rank zero's memory, which is
+        what sharding avoids.  ``sharded=False`` keeps single files.
+        """
+        if self._sharded_asked is None:
+            self.sharded = True
+
     @property
     def directory(self) -> pathlib.Path:
         """The folder of this model's checkpoints."""
@@ -191,7 +195,7 @@ class LocalCheckpoint:
             return self._par_dir / self.model_name
         try:
             run = Experiment.get_current().run
-        except exceptions.NoActiveRunError:  # a store opened on its own
+        except exceptions.NoActiveExperimentError:  # a store opened on its own
             return self._par_dir / self.model_name
         where = run.dir.relative_to(run.experiment.par_dir)
         return self._par_dir / where / self.model_name
@@ -228,6 +232,17 @@ class LocalCheckpoint:
             os.fsync(stream.fileno())
         os.replace(tmp, final)
         _fsync_dir(folder)
+        self._publish(final, scores, value)
+        return str(final)
+
+    def _publish(
+        self,
+        final: pathlib.Path,
+        scores: dict[str, float] | None,
+        value: float | None,
+    ) -> None:
+        """After a checkpoint is in place: its score, ``latest``, retention."""
+        folder = final.parent
         if scores is not None and value is not None:
             scores[final.name] = value
             housekeeping.write_scores(folder, scores)
@@ -241,7 +256,6 @@ class LocalCheckpoint:
             keep_best=self.keep_best,
             best_is=self.best_is,
         )
-        return str(final)
 
     def available(self) -> list[CheckpointInfo]:
         """Complete checkpoints, oldest position first."""
@@ -251,7 +265,8 @@ class LocalCheckpoint:
         found = []
         for path in folder.iterdir():
             match = _NAME.match(path.name)
-            if match:
+            # a name of the other kind (a folder .pt) is no checkpoint
+            if match and (match.group(3) == sharded.SUFFIX) == path.is_dir():
                 batch = int(match.group(2) or 0)
                 found.append(CheckpointInfo(int(match.group(1)), batch, path))
         return sorted(found)
@@ -307,9 +322,12 @@ class LocalCheckpoint:
             else checkpoint
         )
         try:
-            state = torch.load(
-                path, map_location=map_location, weights_only=False
-            )
+            if path.is_dir():
+                state = sharded.read_state(path, map_location)
+            else:
+                state = torch.load(
+                    path, map_location=map_location, weights_only=False
+                )
         except Exception as err:
             raise CheckpointUnreadableError(path, err) from err
         if not isinstance(state, dict):
@@ -339,7 +357,10 @@ class LocalCheckpoint:
         raise exceptions.CheckpointNotFoundError(self.directory, epoch)
 
     def clean_leftovers(
-        self, *, older_than: float = housekeeping.STALE_AFTER_S
+        self,
+        *,
+        older_than: float = housekeeping.STALE_AFTER_S,
+        keep: frozenset[str] = frozenset(),
     ) -> list[pathlib.Path]:
         """Remove the temporary files of writes that were killed.
 
@@ -355,7 +376,7 @@ class LocalCheckpoint:
         """
         folder = self.directory
         removed = housekeeping.clean_leftovers(
-            folder, _ours, older_than=older_than
+            folder, _ours, older_than=older_than, keep=keep
         )
         self._cleaned = folder
         return removed
@@ -394,6 +415,14 @@ class LocalCheckpoint:
 
     def _check(self, path: pathlib.Path) -> None:
         """Raise CheckpointUnreadableError if ``path`` is surely broken."""
+        if path.is_dir():
+            if not sharded.has_parts(path):
+                problem = FileNotFoundError(
+                    f'a folder without {sharded.METADATA} or '
+                    f'{sharded.STATE_FILE}'
+                )
+                raise CheckpointUnreadableError(path, problem)
+            path = path / sharded.STATE_FILE
         try:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()

@@ -10,7 +10,9 @@ alike; the helpers here translate.
 from __future__ import annotations
 
 import collections
+import inspect
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -19,6 +21,7 @@ from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 __all__ = [
     'COMPILED_PREFIX',
     'COMPILED_SEGMENT',
+    'compile_options',
     'plain_name',
     'unwrap_compiled',
     'without_compiled_prefix',
@@ -72,3 +75,40 @@ def without_compiled_prefix(state: dict[str, Any]) -> dict[str, Any]:
     while plain and all(k.startswith(COMPILED_PREFIX) for k in plain):
         consume_prefix_in_state_dict_if_present(plain, COMPILED_PREFIX)
     return plain
+
+
+def compile_options(value: object) -> dict[str, Any] | None:
+    """``Model(compile=...)`` as ``torch.compile``'s keyword arguments.
+
+    False gives None (no compilation), True the defaults (``{}``), and a
+    mapping is checked against ``torch.compile``'s own parameters here,
+    when the model is made, rather than at the first forward pass.
+
+    Raises:
+        TypeError: for anything but a bool or a mapping, or a mapping with
+            an argument ``torch.compile`` does not take (the valid ones
+            are listed, with their defaults).
+
+    """
+    if isinstance(value, bool):
+        return {} if value else None
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            'compile= takes True, False or a dict of torch.compile '
+            "arguments (e.g. {'mode': 'max-autotune'}); got "
+            f'{type(value).__name__} {value!r}.'
+        )
+    parameters = inspect.signature(torch.compile).parameters
+    valid = {
+        name: p.default
+        for name, p in parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    unknown = [key for key in value if key not in valid]
+    if unknown:
+        listed = ', '.join(f'{k}={v!r}' for k, v in valid.items())
+        raise TypeError(
+            f'compile= got {unknown[0]!r}, which torch.compile does not '
+            f'take. Its arguments (with defaults): {listed}.'
+        )
+    return dict(value)

@@ -20,7 +20,7 @@ from drytorch.lib.models import Model
 from drytorch.lib.objectives import Objective
 from drytorch.lib.runners import LoopOutcome, Runner, to_device, unpack_batch
 
-__all__ = ['Evaluation', 'Test', 'Validation']
+__all__ = ['Diagnostic', 'Evaluation', 'Test', 'Validation']
 
 
 def _split_samples(outputs: Any, n: int) -> list[Any]:
@@ -57,8 +57,10 @@ class Evaluation(Runner):
         name: the source name in logs.
         loader: the data.
         metric: a Metric, a collection of them, or a Loss.
-        store_outputs: keep the outputs (detached, on CPU), gathered on
-            rank zero in data-set order.
+        store_outputs: keep the outputs (detached, on CPU) in
+            ``outputs_list``, gathered on rank zero in data-set order;
+            ``evaluation(store_outputs=True)`` does so for one call, as in
+            DRYTorch.
         sync_every: steps between sync points (None: adaptive).
 
     """
@@ -78,8 +80,8 @@ class Evaluation(Runner):
             model, name, loader=loader, objective=metric, sync_every=sync_every
         )
         self.store_outputs = store_outputs
-        self.outputs: list[Any] = []
-        self.metrics: dict[str, float] = {}
+        self.outputs_list: list[Any] = []
+        self.computed_metrics: dict[str, float] = {}
         self._local_outputs: list[Any] = []
         if register:
             self.register()
@@ -134,9 +136,11 @@ class Evaluation(Runner):
             # stopped early: nothing to publish, the pass runs again on
             # resume; a pass whose last step read the flag is complete
             return outcome
-        self.metrics = outcome.metrics
+        self.computed_metrics = outcome.metrics
         if self.store_outputs:
-            self.outputs = self._gather_outputs()
+            self.outputs_list = self._gather_outputs()
+        if not self.publishes_metrics:
+            return outcome
         log_events.MetricEvent(
             model_name=self.model.name,
             source_name=self.name,
@@ -168,10 +172,18 @@ class Evaluation(Runner):
             ordered.extend(g[i] for g in gathered if i < len(g))
         return ordered
 
-    def __call__(self) -> None:
-        """Run the evaluation."""
-        with peers.named(lambda: f'{self.name} of {self.model.name}'):
-            outcome = self.run()
+    publishes_metrics = True
+
+    def __call__(self, store_outputs: bool | None = None) -> None:
+        """Run the evaluation (storing the outputs if ``store_outputs``)."""
+        kept = self.store_outputs
+        if store_outputs is not None:
+            self.store_outputs = store_outputs
+        try:
+            with peers.named(lambda: f'{self.name} of {self.model.name}'):
+                outcome = self.run()
+        finally:
+            self.store_outputs = kept
         if outcome.preempted and not outcome.finished:
             raise exceptions.PreemptedExit(
                 f'{self.name} was preempted; it will run again on resume.'
@@ -196,6 +208,17 @@ def _compute(
         ) from err
 
 
+class Diagnostic(Evaluation):
+    """An evaluation whose metrics are not logged (DRYTorch's).
+
+    For a look at the model (its outputs, a metric) that should leave no
+    trace in the run's records: no ``MetricEvent``, so no tracker sees it.
+    Its metrics are global all the same, and ``computed_metrics`` holds them.
+    """
+
+    publishes_metrics = False
+
+
 class Validation(Evaluation):
     """Evaluation of a model during training."""
 
@@ -203,12 +226,13 @@ class Validation(Evaluation):
 class Test(Evaluation):
     """Final evaluation of a model; announced with start and end events."""
 
-    def __call__(self) -> None:
+    def __call__(self, store_outputs: bool | None = None) -> None:
+        """Run the test between its start and end events."""
         log_events.StartTestEvent(
             source_name=self.name, model_name=self.model.name
         )
         try:
-            super().__call__()
+            super().__call__(store_outputs)
         finally:
             log_events.EndTestEvent(
                 source_name=self.name, model_name=self.model.name

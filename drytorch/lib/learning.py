@@ -1,13 +1,14 @@
-"""How a model learns: optimizer, learning rates, schedule and clipping.
+"""How a model learns: optimizer, learning rates, schedule, gradient ops.
 
 :class:`LearningSchema` holds everything needed to build an optimizer and
 to set its learning rate at any epoch.  It is checked when it is built: an
 argument the optimizer does not take, or a learning rate that cannot work,
 fails before training starts instead of at the first step.
 
-The learning rate is a pure function of the epoch (see
-``drytorch.lib.schedulers``), so :meth:`LearningSchema.apply_learning_rate`
-gives a resumed run exactly the rates of an uninterrupted one.
+The learning rate is a pure function of the epoch, or of the optimizer
+step for a schedule made ``.per_step()`` (see ``drytorch.lib.schedulers``),
+so :meth:`LearningSchema.apply_learning_rate` gives a resumed run exactly
+the rates of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 
 import torch
 
+from drytorch.lib.gradient_ops import GradientOp, NoOp
 from drytorch.lib.schedulers import AbstractScheduler, ConstantScheduler
 
 __all__ = ['LearningSchema']
@@ -29,6 +31,7 @@ __all__ = ['LearningSchema']
 _BETAS = (0.9, 0.999)
 # Frozen, hence safe to share as the default of every schema.
 _CONSTANT = ConstantScheduler()
+_NO_OP = NoOp()
 # Arguments the schema supplies itself rather than taking from the user.
 _RESERVED = ('self', 'params', 'lr')
 
@@ -43,12 +46,6 @@ def _check_lr(name: str, value: object) -> float:
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f'{name} must be positive and finite; got {value!r}.')
     return float(value)
-
-
-def _check_clip(name: str, value: object) -> None:
-    """Raise unless ``value`` is ``None`` or a positive finite bound."""
-    if value is not None:
-        _check_lr(name, value)
 
 
 def _valid_arguments(optimizer_cls: type) -> dict[str, Any] | None:
@@ -95,7 +92,13 @@ def _prefix_of(name: str, prefixes: Iterable[str]) -> str | None:
 
 @dataclasses.dataclass(frozen=True)
 class LearningSchema:
-    """An optimizer, its learning rates, schedule and gradient clipping.
+    """An optimizer, its learning rates, schedule and gradient operation.
+
+    The fields and the constructors (:meth:`adam`, :meth:`adam_w`,
+    :meth:`sgd`, :meth:`r_adam`) are DRYTorch's, in DRYTorch's order.  The
+    constructors also pass any other keyword to the optimizer (``eps=``,
+    ``weight_decay=`` for Adam), and an argument the optimizer does not take
+    fails here, listing those it does.
 
     Attributes:
         optimizer_cls: the ``torch.optim.Optimizer`` subclass to build.
@@ -104,21 +107,21 @@ class LearningSchema:
             or ``'encoder.0'``) to rates, one parameter group per entry.
             A parameter joins the group of its longest matching prefix;
             the key ``''`` collects the parameters no other key matches.
+        scheduler: the learning rate as a function of the epoch, or of
+            the optimizer step (``scheduler.per_step()``).
         optimizer_defaults: the optimizer's other arguments.
-        scheduler: the learning rate as a function of the epoch.
-        clip_grad_norm: the maximal total gradient norm, if any.
-        clip_grad_value: the maximal absolute gradient value, if any.
+        gradient_op: changes the gradients before each step (see
+            ``drytorch.lib.gradient_ops``); nothing by default.
 
     """
 
     optimizer_cls: type[torch.optim.Optimizer]
     base_lr: float | dict[str, float]
+    scheduler: AbstractScheduler = _CONSTANT
     optimizer_defaults: dict[str, Any] = dataclasses.field(
         default_factory=dict
     )
-    scheduler: AbstractScheduler = _CONSTANT
-    clip_grad_norm: float | None = None
-    clip_grad_value: float | None = None
+    gradient_op: GradientOp = _NO_OP
 
     def __post_init__(self) -> None:
         if not (
@@ -134,8 +137,11 @@ class LearningSchema:
                 'scheduler must be a drytorch scheduler such as '
                 f'ConstantScheduler(); got {self.scheduler!r}.'
             )
-        _check_clip('clip_grad_norm', self.clip_grad_norm)
-        _check_clip('clip_grad_value', self.clip_grad_value)
+        if not callable(self.gradient_op):
+            raise TypeError(
+                'gradient_op must be a callable of the parameters such as '
+                f'gradient_ops.GradNormClipper(1.0); got {self.gradient_op!r}.'
+            )
         # Copies, so that changing the caller's dicts cannot change us.
         object.__setattr__(self, 'base_lr', self._checked_lr(self.base_lr))
         defaults = dict(self.optimizer_defaults)
@@ -143,99 +149,92 @@ class LearningSchema:
         self._check_defaults()
 
     @classmethod
-    def Adam(  # noqa: N802 - named after the optimizer, as in DRYTorch
+    def adam(
         cls,
-        lr: float | dict[str, float] = 1e-3,
+        base_lr: float | dict[str, float] = 1e-3,
         betas: tuple[float, float] = _BETAS,
-        weight_decay: float = 0.0,
-        *,
         scheduler: AbstractScheduler = _CONSTANT,
-        clip_grad_norm: float | None = None,
-        clip_grad_value: float | None = None,
+        gradient_op: GradientOp = _NO_OP,
         **kwargs: Any,
     ) -> LearningSchema:
         """Adam; ``kwargs`` go to ``torch.optim.Adam`` (e.g. ``eps``)."""
-        return cls(
-            torch.optim.Adam,
-            lr,
-            {'betas': betas, 'weight_decay': weight_decay, **kwargs},
-            scheduler,
-            clip_grad_norm,
-            clip_grad_value,
-        )
+        defaults = {'betas': betas, **kwargs}
+        return cls(torch.optim.Adam, base_lr, scheduler, defaults, gradient_op)
 
     @classmethod
-    def AdamW(  # noqa: N802 - named after the optimizer, as in DRYTorch
+    def adam_w(
         cls,
-        lr: float | dict[str, float] = 1e-3,
+        base_lr: float | dict[str, float] = 1e-3,
         betas: tuple[float, float] = _BETAS,
         weight_decay: float = 1e-2,
-        *,
         scheduler: AbstractScheduler = _CONSTANT,
-        clip_grad_norm: float | None = None,
-        clip_grad_value: float | None = None,
+        gradient_op: GradientOp = _NO_OP,
         **kwargs: Any,
     ) -> LearningSchema:
         """AdamW; ``kwargs`` go to ``torch.optim.AdamW``."""
+        defaults = {'betas': betas, 'weight_decay': weight_decay, **kwargs}
         return cls(
-            torch.optim.AdamW,
-            lr,
-            {'betas': betas, 'weight_decay': weight_decay, **kwargs},
-            scheduler,
-            clip_grad_norm,
-            clip_grad_value,
+            torch.optim.AdamW, base_lr, scheduler, defaults, gradient_op
         )
 
     @classmethod
-    def SGD(  # noqa: N802 - named after the optimizer, as in DRYTorch
+    def sgd(
         cls,
-        lr: float | dict[str, float] = 0.01,
+        base_lr: float | dict[str, float] = 0.01,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
+        dampening: float = 0.0,
         nesterov: bool = False,
-        *,
         scheduler: AbstractScheduler = _CONSTANT,
-        clip_grad_norm: float | None = None,
-        clip_grad_value: float | None = None,
+        gradient_op: GradientOp = _NO_OP,
         **kwargs: Any,
     ) -> LearningSchema:
-        """SGD; ``kwargs`` go to ``torch.optim.SGD`` (e.g. ``dampening``)."""
+        """SGD; ``kwargs`` go to ``torch.optim.SGD``."""
         defaults = {
             'momentum': momentum,
             'weight_decay': weight_decay,
+            'dampening': dampening,
             'nesterov': nesterov,
             **kwargs,
         }
-        return cls(
-            torch.optim.SGD,
-            lr,
-            defaults,
-            scheduler,
-            clip_grad_norm,
-            clip_grad_value,
-        )
+        return cls(torch.optim.SGD, base_lr, scheduler, defaults, gradient_op)
 
     @classmethod
-    def RAdam(  # noqa: N802 - named after the optimizer, as in DRYTorch
+    def r_adam(
         cls,
-        lr: float | dict[str, float] = 1e-3,
+        base_lr: float | dict[str, float] = 1e-3,
         betas: tuple[float, float] = _BETAS,
         weight_decay: float = 0.0,
-        *,
         scheduler: AbstractScheduler = _CONSTANT,
-        clip_grad_norm: float | None = None,
-        clip_grad_value: float | None = None,
+        gradient_op: GradientOp = _NO_OP,
         **kwargs: Any,
     ) -> LearningSchema:
-        """RAdam; ``kwargs`` go to ``torch.optim.RAdam``."""
+        """RAdam; a weight decay is decoupled (AdamW-style), as in DRYTorch.
+
+        ``kwargs`` go to ``torch.optim.RAdam``.
+        """
+        defaults = {
+            'betas': betas,
+            'weight_decay': weight_decay,
+            'decoupled_weight_decay': bool(weight_decay),
+            **kwargs,
+        }
         return cls(
-            torch.optim.RAdam,
-            lr,
-            {'betas': betas, 'weight_decay': weight_decay, **kwargs},
-            scheduler,
-            clip_grad_norm,
-            clip_grad_value,
+            torch.optim.RAdam, base_lr, scheduler, defaults, gradient_op
         )
+
+    @property
+    def per_step(self) -> bool:
+        """Whether the schedule counts optimizer steps rather than epochs.
+
+        The trainer then sets the rate before every optimizer step.
+        """
+        return self.scheduler.counts_steps
+
+    @property
+    def modifies_gradients(self) -> bool:
+        """Whether :meth:`clip_gradients` has anything to do."""
+        return not isinstance(self.gradient_op, NoOp)
 
     def build_optimizer(
         self, module: torch.nn.Module
@@ -268,7 +267,8 @@ class LearningSchema:
         """The scheduled rate of each parameter group after ``epoch`` epochs.
 
         Args:
-            epoch: the number of completed epochs.
+            epoch: the number of completed epochs; of completed optimizer
+                steps when the schedule is :attr:`per_step`.
             base_lr: replaces the schema's base rates (e.g. after a
                 plateau); a float sets every group, a dict must have the
                 schema's keys.
@@ -286,6 +286,9 @@ class LearningSchema:
     ) -> None:
         """Set each group's rate for the epoch after ``epoch`` completed.
 
+        For a :attr:`per_step` schedule ``epoch`` counts optimizer steps:
+        the rate of the step after that many.
+
         Nothing but ``epoch`` and the base rates decides the value, so a
         freshly built optimizer at a resumed epoch gets the same rates.
         """
@@ -302,32 +305,15 @@ class LearningSchema:
     def clip_gradients(
         self, parameters: torch.Tensor | Iterable[torch.Tensor]
     ) -> torch.Tensor | None:
-        """Clip gradients in place: by value first, then by total norm.
+        """Apply ``gradient_op`` to the gradients, in place.
 
-        The norm comes last so that its bound holds for the final
-        gradients.  Nothing is read back to the host, so a GPU step does
-        not wait; the total norm (before clipping) is returned as a
-        tensor, or ``None`` when the norm is not clipped.
-
-        A sharded module's gradients are DTensors: the norm is then the
-        global one (torch reduces the shards' partial norms), returned as
-        a plain tensor; it is replicated, so that costs no collective.
+        Returns what the operation returns: the total norm before clipping
+        for :class:`~drytorch.lib.gradient_ops.GradNormClipper` (a tensor,
+        never read back to the host), else ``None``.
         """
         if isinstance(parameters, torch.Tensor):
             parameters = [parameters]
-        parameters = [p for p in parameters if p.grad is not None]
-        if self.clip_grad_value is not None:
-            # foreach=None takes the fused path wherever torch supports it.
-            torch.nn.utils.clip_grad_value_(
-                parameters, self.clip_grad_value, foreach=None
-            )
-        if self.clip_grad_norm is None:
-            return None
-        norm = torch.nn.utils.clip_grad_norm_(
-            parameters, self.clip_grad_norm, foreach=None
-        )
-        full_tensor = getattr(norm, 'full_tensor', None)  # a DTensor's
-        return full_tensor() if full_tensor is not None else norm
+        return self.gradient_op(parameters)
 
     def describe(self) -> dict[str, Any]:
         """Readable metadata, for the run's documentation."""
@@ -336,8 +322,7 @@ class LearningSchema:
             'base_lr': self._describe_lr(),
             'optimizer_defaults': dict(self.optimizer_defaults),
             'scheduler': repr(self.scheduler),
-            'clip_grad_norm': self.clip_grad_norm,
-            'clip_grad_value': self.clip_grad_value,
+            'gradient_op': repr(self.gradient_op),
         }
 
     def _describe_lr(self) -> float | dict[str, float]:
@@ -372,8 +357,8 @@ class LearningSchema:
         for name in self.optimizer_defaults:
             if name == 'lr':
                 raise ValueError(
-                    'Pass the learning rate as base_lr (lr= in the '
-                    'constructors), not in optimizer_defaults.'
+                    'Pass the learning rate as base_lr, not in '
+                    'optimizer_defaults.'
                 )
             if valid is not None and name not in valid:
                 raise TypeError(_unknown_argument(cls, name, valid))

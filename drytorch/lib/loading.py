@@ -7,7 +7,10 @@ job recomputes it and skips the batches already done.
 Training shards: the permutation is dealt round-robin to the ranks and the
 tail that does not divide by the world size is dropped, so every rank runs
 the same number of steps and the k-th global batch is a contiguous slice of
-the permutation.
+the permutation (``drytorch.lib.elastic``).  The batch is given per rank
+(``batch_size``) or for all ranks together (``global_batch_size``, split
+evenly): the second keeps the global batch, and with it the epoch's steps,
+when a mid-epoch resume runs another number of ranks.
 
 Evaluation shards: every sample is kept exactly once (no padding, no dropped
 tail).  Rank r takes samples r, r + W, r + 2W, ...; all ranks run the same
@@ -26,20 +29,27 @@ takes to load.  In worker processes, whose streams serve nobody else,
 ``random`` and numpy are seeded per batch too, and the workers' own base
 seed comes from a generator of (seed, epoch, rank, start position) rather
 than from the global one, which torch would otherwise consume.
+
+Workers (``num_workers > 0``) start for each pass, or once for every pass
+with ``persistent_workers=True``: the plan of a pass travels to them with
+each batch (see ``drytorch.lib.worker_pool``), so the same batches come
+out either way.  ``pin_memory`` pins every batch, in this process too,
+when there is a GPU to copy to.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-import random
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import numpy as np
 import torch
 import torch.utils.data as torch_data
 
 from drytorch.distributed import ranks
+from drytorch.lib import elastic, streams
+from drytorch.lib.worker_pool import WorkerPool, check_worker_options, pinned
 
 __all__ = ['DataLoader', 'Plan']
 
@@ -88,32 +98,58 @@ class DataLoader:
     Args:
         dataset: supports ``len`` and integer indexing; ``__getitems__``
             (or a :class:`torch.utils.data.TensorDataset`) is used to load
-            a batch in one call.
+            a batch in one call.  Or a
+            :class:`torch.utils.data.IterableDataset` with ``len()`` (this
+            rank's samples per pass), resumable inside an epoch when it
+            implements ``state_dict()`` / ``load_state_dict()``; see
+            ``drytorch.lib.streams``.
         batch_size: samples per batch on each rank.
+        global_batch_size: samples per batch over all ranks together,
+            instead of ``batch_size``: each of W ranks takes
+            ``global_batch_size / W``, which must be whole.  It keeps the
+            training the same under another number of ranks, which is what
+            lets a mid-epoch checkpoint resume with it.
         seed: seeds the training order; saved in checkpoints.
         drop_last: drop a last incomplete training batch.
         collate_fn: turns a list of items into a batch.
         num_workers: worker processes of the underlying torch loader
             (0 loads in this process).
-        pin_memory: pin host memory for faster copies to a GPU.
+        pin_memory: pin the batches' host memory, for asynchronous copies
+            to a GPU (in this process too); nothing without a GPU.
+        persistent_workers: keep the worker processes from one pass to
+            the next (epochs and evaluations), instead of starting them
+            for each pass; :meth:`close` stops them.
+        prefetch_factor: batches each worker loads ahead (None: torch's
+            default, 2).
+
+    Raises:
+        ValueError: for a ``batch_size``, ``global_batch_size``,
+            ``num_workers`` or ``prefetch_factor`` that is not a positive
+            integer, neither or both batch sizes, a ``global_batch_size``
+            that the ranks of the process group do not divide, an empty
+            data set, or ``persistent_workers`` / ``prefetch_factor``
+            without workers.
+        TypeError: for a data set without ``len()``.
 
     """
 
     def __init__(
         self,
         dataset: Any,
-        batch_size: int,
+        batch_size: int | None = None,
         *,
+        global_batch_size: int | None = None,
         seed: int = 0,
         drop_last: bool = False,
         collate_fn: Callable[[list[Any]], Any] | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
+        persistent_workers: bool = False,
+        prefetch_factor: int | None = None,
     ) -> None:
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(
-                f'batch_size must be a positive integer, got {batch_size!r}.'
-            )
+        elastic.check_batch_sizes(batch_size, global_batch_size)
+        if streams.is_stream(dataset):
+            streams.check_stream(dataset, num_workers)
         try:
             size = len(dataset)
         except TypeError:
@@ -126,16 +162,49 @@ class DataLoader:
                 'The data set is empty; there is nothing to load.'
             )
         self.dataset = dataset
-        self.batch_size = batch_size
+        self._batch_size = batch_size
+        self.global_batch_size = global_batch_size
+        # (epoch, world size it started with) of the last training plan,
+        # and of the epoch a mid-epoch checkpoint resumes
+        self._epoch_start: tuple[int, int] | None = None
+        self._resumed: tuple[int, int] | None = None
         self.seed = seed
         self.drop_last = drop_last
         self.collate_fn = collate_fn or torch_data.default_collate
+        check_worker_options(num_workers, persistent_workers, prefetch_factor)
         self.num_workers = num_workers
         self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.prefetch_factor = prefetch_factor
+        # pinning needs a device to pin for; without one it is skipped
+        self._pin = pin_memory and torch.cuda.is_available()
+        self._pool: WorkerPool | None = None
+        self._stream = streams.StreamPosition()
 
     def __len__(self) -> int:
         """Samples in the data set."""
         return len(self.dataset)
+
+    @property
+    def is_stream(self) -> bool:
+        """Whether the data set is iterable (positions kept per rank)."""
+        return streams.is_stream(self.dataset)
+
+    @property
+    def batch_size(self) -> int:
+        """Samples per batch on each rank of the current process group."""
+        return self.per_rank_batch(ranks.get_world_size())
+
+    def per_rank_batch(self, world: int) -> int:
+        """Samples per batch on each of ``world`` ranks.
+
+        Raises:
+            ValueError: ``global_batch_size`` does not divide by ``world``.
+
+        """
+        return elastic.per_rank_batch(
+            self._batch_size, self.global_batch_size, world
+        )
 
     def permutation(self, epoch: int) -> torch.Tensor:
         """The training order of ``epoch``: a function of (seed, epoch)."""
@@ -164,32 +233,44 @@ class DataLoader:
             # variables again at every epoch
             rank = ranks.get_rank() if world > 1 else 0
         size = len(self.dataset)
+        if streams.is_stream(self.dataset):
+            return self._stream_plan(size, training, epoch, rank, world)
+        batch_size = self.per_rank_batch(world)
         if training:
             order = self.permutation(epoch)
+            started = world
+            if self._resumed is not None and self._resumed[0] == epoch:
+                started = self._resumed[1]  # the epoch's samples are its
+            self._epoch_start = (epoch, started)
             per_rank = size // world
             if per_rank == 0:
                 raise ValueError(
                     f'The data set has {size} samples, fewer than the '
                     f'{world} ranks; every rank needs at least one.'
                 )
-            if self.drop_last and self.batch_size > per_rank:
+            if self.drop_last and batch_size > per_rank:
                 # Caught here, before the first step: else every epoch
                 # would run zero steps and report nothing, silently.
                 raise ValueError(
-                    f'batch_size={self.batch_size} is larger than the '
+                    f'batch_size={batch_size} is larger than the '
                     f'{per_rank} training samples of each rank ({size} '
                     f'samples over a world size of {world}), so drop_last '
                     'would drop every batch and train nothing. Use a '
                     f'batch_size of at most {per_rank}, or drop_last=False '
                     'to train on the smaller batch.'
                 )
-            mine = order[rank::world][:per_rank]
-            if self.drop_last:
-                mine = mine[: per_rank - per_rank % self.batch_size]
-            batches = list(torch.split(mine, self.batch_size))
+            epoch_samples = size // started * started
+            batches = elastic.training_batches(
+                order,
+                epoch_samples,
+                batch_size * world,
+                rank,
+                world,
+                drop_last=self.drop_last,
+            )
             return Plan(
                 batches,
-                per_rank * world,
+                epoch_samples,
                 epoch=epoch,
                 rank=rank,
                 training=True,
@@ -197,11 +278,40 @@ class DataLoader:
         # min(): a rank past the last sample (fewer samples than ranks)
         # gets none, rather than an arange that runs backwards and fails
         mine = torch.arange(min(rank, size), size, world)
-        steps = math.ceil(math.ceil(size / world) / self.batch_size)
-        batches = list(torch.split(mine, self.batch_size))
+        steps = math.ceil(math.ceil(size / world) / batch_size)
+        batches = list(torch.split(mine, batch_size))
         empty = torch.empty(0, dtype=torch.long)
         batches += [empty] * (steps - len(batches))
         return Plan(batches, size, epoch=epoch, rank=rank, training=False)
+
+    def _stream_plan(
+        self, size: int, training: bool, epoch: int, rank: int, world: int
+    ) -> Plan:
+        """A pass over an iterable data set: ``size`` samples on this rank."""
+        drop = self.drop_last and training
+        batch_size = self.per_rank_batch(world)
+        batches = streams.stream_plan_batches(size, batch_size, drop)
+        if training and not batches:
+            raise ValueError(
+                f'batch_size={batch_size} is larger than the {size} '
+                'samples the stream yields per rank, so drop_last would '
+                'train nothing. Use a smaller batch or drop_last=False.'
+            )
+        return Plan(
+            batches, size * world, epoch=epoch, rank=rank, training=training
+        )
+
+    def stream_state(self) -> Any:
+        """This rank's position in an iterable data set (None: none kept).
+
+        For a mid-epoch checkpoint: taken between two steps, it is the
+        position after the batches that training consumed.
+        """
+        return self._stream.state(self.dataset)
+
+    def load_stream_state(self, state: Any) -> None:
+        """Resume the next pass that starts mid-epoch from ``state``."""
+        self._stream.restore(state)
 
     def iterate(
         self, plan: Plan, start_batch: int = 0
@@ -213,6 +323,18 @@ class DataLoader:
         batch depend on its position in the plan, not on ``start_batch``
         (see the module docstring).
         """
+        if streams.is_stream(self.dataset):
+            batches = streams.stream_batches(
+                self.dataset,
+                self.collate_fn,
+                [b.shape[0] for b in plan.batches],
+                start_batch,
+                self._stream,
+                plan.epoch if plan.training else None,
+            )
+            for batch, n in batches:
+                yield (pinned(batch) if self._pin else batch), n
+            return
         if self.num_workers > 0:
             yield from self._iterate_workers(plan, start_batch)
             return
@@ -226,8 +348,9 @@ class DataLoader:
             n = indices.shape[0]
             if n == 0:
                 yield None, 0
-            elif not seeded:
-                yield _load(dataset, collate_fn, indices), n
+                continue
+            if not seeded:
+                batch = _load(dataset, collate_fn, indices)
             else:
                 state = generator.get_state()
                 generator.manual_seed(self._batch_seed(plan, position))
@@ -235,7 +358,7 @@ class DataLoader:
                     batch = _load(dataset, collate_fn, indices)
                 finally:
                     generator.set_state(state)
-                yield batch, n
+            yield (pinned(batch) if self._pin else batch), n
 
     def stand_in(self) -> Any:
         """A batch of the data set's first sample, drawing no random number.
@@ -269,22 +392,19 @@ class DataLoader:
     ) -> Iterator[tuple[Any, int]]:
         positions = range(start_batch, len(plan.batches))
         sizes = [plan.batches[p].shape[0] for p in positions]
-        loaded = [p for p, n in zip(positions, sizes, strict=True) if n]
-        if not loaded:  # no worker to start for steps without samples
+        keys = [
+            (self._batch_seed(plan, p), plan.batches[p].tolist())
+            for p, n in zip(positions, sizes, strict=True)
+            if n
+        ]
+        if not keys:  # no worker to start for steps without samples
             yield from ((None, 0) for _ in sizes)
             return
-        batches = _SeededBatches(
-            self.dataset,
-            self.collate_fn,
-            [plan.batches[p] for p in loaded],
-            [self._batch_seed(plan, p) for p in loaded],
-        )
-        # An explicit generator: torch would otherwise draw the workers'
-        # base seed from the global one, at a moment that differs between
-        # a full pass and a resume, and shift every draw after it.
-        generator = torch.Generator()
-        generator.manual_seed(
-            _mix(
+        if self.persistent_workers:
+            # one base seed for the pool's life, from the loader's seed
+            seed = _mix(_WORKER_STREAM, self.seed)
+        else:
+            seed = _mix(
                 _WORKER_STREAM,
                 self.seed,
                 plan.epoch,
@@ -292,65 +412,88 @@ class DataLoader:
                 plan.training,
                 start_batch,
             )
-        )
-        loader = torch_data.DataLoader(
-            batches,
-            batch_size=None,  # each item is a whole batch already
-            sampler=range(len(loaded)),
-            collate_fn=_as_is,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            generator=generator,
-        )
-        iterator = iter(loader)
+        iterator = self._worker_pool().iterate(keys, seed)
         for n in sizes:
             yield (next(iterator), n) if n else (None, 0)
 
+    def _worker_pool(self) -> WorkerPool:
+        if self._pool is None:
+            self._pool = WorkerPool(
+                self.dataset,
+                functools.partial(_load_list, self.collate_fn),
+                num_workers=self.num_workers,
+                pin_memory=self.pin_memory,
+                persistent=self.persistent_workers,
+                prefetch_factor=self.prefetch_factor,
+            )
+        return self._pool
+
+    def close(self) -> None:
+        """Stop the worker processes that ``persistent_workers`` keeps."""
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (or copied) without the worker processes."""
+        state = dict(self.__dict__)
+        state['_pool'] = None
+        return state
+
     def state_dict(self) -> dict[str, Any]:
-        """What a checkpoint needs to reproduce the order."""
-        return {'seed': self.seed, 'batch_size': self.batch_size}
+        """What a checkpoint needs to reproduce the order and position.
+
+        The global batch and the world size the current epoch started with
+        make a mid-epoch position global: the sample cursor is the steps
+        done times the global batch, whatever the number of ranks.
+        """
+        world = ranks.get_world_size()
+        return {
+            'seed': self.seed,
+            'batch_size': self.per_rank_batch(world),
+            'global_batch_size': self.per_rank_batch(world) * world,
+            'epoch_start': self._epoch_start,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the seed of a checkpoint."""
+        """Restore the seed, and the samples of the epoch to resume.
+
+        The epoch that a mid-epoch checkpoint was in keeps the samples of
+        the world size it started with (the tail that one dropped), also
+        when this job runs another.
+        """
         self.seed = int(state['seed'])
+        start = state.get('epoch_start')
+        self._resumed = (
+            None if start is None else (int(start[0]), int(start[1]))
+        )
+
+    def sample_cursor(self, steps_done: int) -> int:
+        """Samples of the current epoch done after ``steps_done`` steps."""
+        if self._epoch_start is None:
+            return 0
+        started = self._epoch_start[1]
+        epoch_samples = len(self.dataset) // started * started
+        return min(
+            steps_done * self.batch_size * ranks.get_world_size(),
+            epoch_samples,
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
             'dataset': type(self.dataset).__name__,
             'samples': len(self.dataset),
-            'batch_size': self.batch_size,
+            'batch_size': self._batch_size,
+            'global_batch_size': self.global_batch_size,
             'seed': self.seed,
         }
 
 
-class _SeededBatches(torch_data.Dataset[Any]):
-    """Item k is the k-th batch, loaded under the k-th seed (in a worker).
-
-    A worker's streams serve nobody else, so torch, ``random`` and numpy are
-    all seeded before each batch and none is put back.
-    """
-
-    def __init__(
-        self,
-        dataset: Any,
-        collate_fn: Callable[[list[Any]], Any],
-        batches: list[torch.Tensor],
-        seeds: list[int],
-    ) -> None:
-        self.dataset = dataset
-        self.collate_fn = collate_fn
-        self.batches = batches
-        self.seeds = seeds
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, key: int) -> Any:
-        seed = self.seeds[key]
-        torch.default_generator.manual_seed(seed)
-        random.seed(seed)
-        np.random.seed(seed & 0xFFFFFFFF)  # numpy takes 32 bits
-        return _load(self.dataset, self.collate_fn, self.batches[key])
+def _load_list(
+    collate_fn: Callable[[list[Any]], Any], dataset: Any, indices: list[int]
+) -> Any:
+    """One batch from a list of indices (what workers receive)."""
+    return _load(dataset, collate_fn, torch.tensor(indices, dtype=torch.long))
 
 
 def _load(
@@ -371,11 +514,6 @@ def _load(
     return collate_fn(items)
 
 
-def _as_is(batch: Any) -> Any:
-    """Workers return collated batches (a function: lambdas do not pickle)."""
-    return batch
-
-
 def _mix(*values: int) -> int:
     """A seed below 2**63 from whole numbers, each of which changes it.
 
@@ -391,3 +529,9 @@ def _mix(*values: int) -> int:
         state = ((state ^ (state >> 27)) * 0x94D049BB133111EB) & _MASK64
         state ^= state >> 31
     return state >> 1
+
+
+# DRYTorch has this helper here; it lives in its own module.
+from drytorch.lib.sampling import take_from_dataset  # noqa: E402
+
+__all__ += ['take_from_dataset']

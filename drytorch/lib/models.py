@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -17,6 +18,7 @@ from drytorch.distributed import parallel as parallelism
 from drytorch.lib.checkpoints import LocalCheckpoint
 from drytorch.lib.compiled import (
     COMPILED_SEGMENT,
+    compile_options,
     plain_name,
     unwrap_compiled,
     without_compiled_prefix,
@@ -102,14 +104,37 @@ class Model:
             class or a tuple, e.g. the transformer block) or a function of
             a submodule.  The root is always sharded, last, and holds the
             parameters no unit took; None shards the root alone.
+        compile: run ``torch.compile`` on the module (after it is moved
+            and, with FSDP, sharded); a dict gives ``torch.compile``'s
+            arguments (``{'mode': 'reduce-overhead'}``).  As with a module
+            compiled by hand, states, checkpoints, DDP's parameters,
+            evaluation and hooks see the plain module and its names, so a
+            checkpoint loads into a plain module.
+        find_unused_parameters: DDP's option: parameters that get no
+            gradient in a step (a branch not taken) are allowed, at the
+            cost of a walk of the autograd graph per step.
+        static_graph: DDP's option: the used parameters are the same at
+            every step, so DDP plans its buckets once.
+        gradient_as_bucket_view: DDP's option: gradients are views into
+            the all-reduce buckets (one copy and one gradient's memory
+            saved).
+        bucket_cap_mb: DDP's bucket size in MiB (None: torch's 25).  The
+            four DDP options apply under a process group with
+            ``parallel='ddp'``; in one process they are checked and
+            otherwise unused, so the script runs on a laptop.
 
     Raises:
         ValueError: if ``sync_batchnorm`` is asked for under a process group
             on a device where SyncBatchNorm does not run; for an unknown
             ``parallel``; for ``shard`` or a ``MixedPrecisionPolicy``
             without ``parallel='fsdp'``; if ``shard`` picks no submodule;
-            for FSDP on the CPU under a group that is not gloo.
-        TypeError: for a ``shard`` or ``mixed_precision`` of a wrong type.
+            for FSDP on the CPU under a group that is not gloo; for a DDP
+            option with ``parallel='fsdp'``, or a ``bucket_cap_mb`` that is
+            not positive.
+        TypeError: for a ``shard`` or ``mixed_precision`` of a wrong type;
+            for a ``compile`` that is neither a bool nor a dict of
+            ``torch.compile`` arguments; for a DDP flag that is not a
+            bool.
 
     """
 
@@ -123,6 +148,11 @@ class Model:
         sync_batchnorm: bool = False,
         parallel: str | None = None,
         shard: parallelism.Shard = None,
+        compile: bool | Mapping[str, Any] = False,
+        find_unused_parameters: bool = False,
+        static_graph: bool = False,
+        gradient_as_bucket_view: bool = False,
+        bucket_cap_mb: float | None = None,
     ) -> None:
         if not isinstance(module, torch.nn.Module):
             raise TypeError(
@@ -130,17 +160,32 @@ class Model:
             )
         run = Experiment.current_run()
         if run is None:
-            raise exceptions.NoActiveRunError('Creating a Model')
+            raise exceptions.NoActiveExperimentError('Creating a Model')
         experiment = run.experiment
         self.device = torch.device(device) if device else default_device()
         self.sync_batchnorm = sync_batchnorm
         self._check_sync_batchnorm()
         choice = parallelism.choose(parallel, shard, mixed_precision)
         self.parallel = choice.kind
+        #: passed to DistributedDataParallel when training replicates
+        self.ddp_options = parallelism.DDPOptions(
+            find_unused_parameters=find_unused_parameters,
+            static_graph=static_graph,
+            gradient_as_bucket_view=gradient_as_bucket_view,
+            bucket_cap_mb=bucket_cap_mb,
+        )
+        parallelism.check_ddp_options(choice.kind, self.ddp_options)
         #: whether the parameters are sharded (FSDP under a process group)
         self.sharded = choice.kind == 'fsdp' and ranks.is_distributed()
         self._policy: MixedPrecisionPolicy | None = choice.policy
         plain, compiled = unwrap_compiled(module)
+        options = compile_options(compile)
+        if options is not None and compiled is not None:
+            raise ValueError(
+                f'compile={compile!r} asks to compile a module that '
+                'torch.compile made already. Pass the plain module with '
+                'compile=, or the compiled one without it.'
+            )
         #: the submodules sharded as units of their own (FSDP)
         self.shard_units: list[str] = []
         if choice.kind == 'fsdp':  # checked before the registration
@@ -156,6 +201,9 @@ class Model:
         self.epoch = 0
         self.checkpoint = checkpoint or LocalCheckpoint()
         self.checkpoint.bind(self.name)
+        suit = getattr(self.checkpoint, 'suit_sharded_model', None)
+        if self.sharded and suit is not None:
+            suit()  # its checkpoints are in parts: no gather on rank zero
         self.mixed_precision = bool(mixed_precision)
         if choice.policy is not None:  # no dtype to cast to: full precision
             self.mixed_precision = choice.policy.param_dtype is not None
@@ -166,6 +214,9 @@ class Model:
             if self.sync_batchnorm:
                 self._convert_sync_batchnorm()
             parallelism.shard_module(self.module, self.device, choice)
+        if options is not None:
+            # after sharding: FSDP2 hooks the module, which dynamo traces
+            self.compiled = torch.compile(self.module, **options)
 
     @property
     def collective_forward(self) -> bool:
@@ -232,7 +283,9 @@ class Model:
         if self._ddp is None:
             if self.sync_batchnorm:
                 self._convert_sync_batchnorm()
-            self._ddp = parallelism.replicate(self.forward_module, self.device)
+            self._ddp = parallelism.replicate(
+                self.forward_module, self.device, self.ddp_options
+            )
         return self._ddp
 
     def _check_sync_batchnorm(self) -> None:
@@ -422,7 +475,12 @@ class Model:
             state, info = self._weights().load(epoch, mid_epoch=False)
         except exceptions.CheckpointNotFoundError:
             state, info = self.checkpoint.load(epoch, mid_epoch=False)
-        self.load_state_dict(state['model'])
+        if 'parts' in state:  # a checkpoint in parts (a collective)
+            from drytorch.lib import trainer_state
+
+            trainer_state.load_weights(self, state)
+        else:
+            self.load_state_dict(state['model'])
         log_events.LoadModelEvent(
             model_name=self.name,
             definition='state',
@@ -442,7 +500,22 @@ class Model:
             'sync_batchnorm': self.sync_batchnorm,
             'parallel': self.parallel,
             'sharded': self.sharded,
+            **(
+                {}
+                if self.ddp_options.is_default
+                else {'ddp': self.ddp_options.kwargs()}
+            ),
         }
 
     def __repr__(self) -> str:
         return f'Model({self.name!r}, epoch={self.epoch})'
+
+
+# DRYTorch has the averaged models here; they live in their own module.
+from drytorch.lib.averaged_models import (  # noqa: E402
+    AveragedModel,
+    EMAModel,
+    SWAModel,
+)
+
+__all__ += ['AveragedModel', 'EMAModel', 'SWAModel']

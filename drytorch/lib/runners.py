@@ -54,10 +54,21 @@ class SyncSchedule:
             raise ValueError(f'sync_every must be >= 1, got {every!r}.')
         self.fixed = every
         self.every = every or _FIRST_SYNC
+        #: sync points (hence preemption stops) fall on multiples of this
+        #: step count only, besides the last step: a trainer that
+        #: accumulates gradients over k micro-batches sets it to k, so that
+        #: no stop lands inside an accumulation window
+        self.stride = 1
 
     def is_sync(self, steps_since: int, step: int, total: int) -> bool:
         """Whether ``step`` (1-based) is a sync point."""
-        return steps_since >= self.every or step == total
+        if step == total:
+            return True
+        return steps_since >= self.every and step % self.stride == 0
+
+    def may_stop(self, step: int) -> bool:
+        """Whether a loop may stop after ``step`` (1-based) steps."""
+        return step % self.stride == 0
 
     def adapt(self, seconds_per_step: float) -> None:
         """Choose the next interval from a globally agreed step time."""
@@ -180,7 +191,7 @@ class Runner:
             source_name=self.name,
             batch_size=self.loader.batch_size,
             dataset_size=plan.num_samples,
-            num_batches=total,
+            n_iter=total,
             start_batch=start_batch,
             model_name=self.model.name,
         )
@@ -204,7 +215,12 @@ class Runner:
             else:
                 step(batch, n)
             since += 1
-            if alone and watcher.requested and index < total:
+            if (
+                alone
+                and watcher.requested
+                and index < total
+                and self.sync.may_stop(index)
+            ):
                 outcome = self._sync(
                     event, check_finite, start_batch, since, clock, index
                 )
@@ -255,13 +271,21 @@ class Runner:
         means = reduced.means(self.accumulator.names)
         if Flag.non_finite in reduced.flags:
             self._raise_non_finite(means, bad, start_batch)
-        event.update(means, index)
+        # increments that add up to the loop's length (DRYTorch's
+        # contract): the first one also counts the batches of a resume
+        before = index - since
+        resumed = before if before == start_batch else 0
+        event.update(self._pushed(means), since + resumed)
         return LoopOutcome(
             means,
             index,
             preempted=Flag.preempt in reduced.flags,
             terminate=Flag.terminate in reduced.flags,
         )
+
+    def _pushed(self, means: dict[str, float]) -> dict[str, float]:
+        """What a sync point shows the progress trackers: the means here."""
+        return means
 
     def _reduce(self, flags: set[Flag], elapsed: float, steps: int) -> Reduced:
         return self.reducer.reduce(

@@ -10,6 +10,14 @@ exactly the rate of an uninterrupted one.
 All schedules here decay, so every value lies in ``[0, base_lr]``.  The
 wrappers compose: ``CosineScheduler(100).with_warmup(5).with_restart(105)``
 warms up again at each restart.
+
+The same functions serve a schedule per optimizer step: ``.per_step()``
+(a :class:`PerStepScheduler`) tells the trainer to call it with the number
+of optimizer steps already taken instead of the epochs, and to set the
+rate before every step.  ``CosineScheduler(10_000).with_warmup(500)
+.per_step()`` warms up linearly over 500 steps, then decays over 10,000.
+The step count is the trainer's, saved in its checkpoints, so a resume in
+the middle of an epoch (of a warmup) continues the same curve.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ __all__ = [
     'ConstantScheduler',
     'CosineScheduler',
     'ExponentialScheduler',
+    'PerStepScheduler',
     'PolynomialScheduler',
     'RestartScheduler',
     'StepScheduler',
@@ -123,6 +132,15 @@ class AbstractScheduler(abc.ABC):
     ) -> RestartScheduler:
         """This schedule, restarted every ``restart_interval`` epochs."""
         return RestartScheduler(self, restart_interval, restart_fraction)
+
+    def per_step(self) -> PerStepScheduler:
+        """This schedule counted in optimizer steps rather than epochs."""
+        return PerStepScheduler(self)
+
+    @property
+    def counts_steps(self) -> bool:
+        """Whether the argument is optimizer steps (else epochs)."""
+        return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,6 +273,12 @@ def _check_base(owner: object, base: object) -> None:
             f'{type(owner).__name__}: base must be a scheduler such as '
             f'ConstantScheduler(); got {base!r}.'
         )
+    if base.counts_steps:
+        raise TypeError(
+            f'{type(owner).__name__}: {base!r} counts optimizer steps and '
+            'cannot be wrapped; apply .per_step() last, to the whole '
+            'schedule.'
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,3 +333,55 @@ class RestartScheduler(AbstractScheduler):
     def _compute(self, base_lr: float, epoch: int) -> float:
         cycle, position = divmod(epoch, self.restart_interval)
         return self.base(base_lr * self.restart_fraction**cycle, position)
+
+
+@dataclasses.dataclass(frozen=True)
+class PerStepScheduler(AbstractScheduler):
+    """The base schedule as a function of optimizer steps, not epochs.
+
+    ``scheduler(base_lr, n)`` is the base schedule's value after ``n``
+    completed optimizer steps (the argument is still named ``epoch`` in
+    the base class's signature); every parameter of the base schedule
+    (``decay_steps``, ``warmup_steps``, ``restart_interval``) then counts
+    steps.  With gradient accumulation a step is one window of
+    micro-batches.  Wrapping it again (``.with_warmup``) is refused: the
+    wrappers would count epochs inside a schedule of steps.
+    """
+
+    base: AbstractScheduler
+
+    def __post_init__(self) -> None:
+        _check_base(self, self.base)  # refuses a base counting steps
+
+    @property
+    def counts_steps(self) -> bool:
+        return True
+
+    def _compute(self, base_lr: float, epoch: int) -> float:
+        return self.base(base_lr, epoch)
+
+    def with_warmup(self, warmup_steps: int = 10) -> WarmupScheduler:
+        raise TypeError(
+            'Add the warmup before .per_step(): '
+            f'scheduler.with_warmup({warmup_steps}).per_step().'
+        )
+
+    def with_restart(
+        self, restart_interval: int, restart_fraction: float = 1.0
+    ) -> RestartScheduler:
+        raise TypeError(
+            'Add the restarts before .per_step(): '
+            f'scheduler.with_restart({restart_interval}).per_step().'
+        )
+
+
+# DRYTorch's transformations live in their own module; imported last, once
+# every schedule above exists, so that DRYTorch's imports from here work.
+from drytorch.lib.scheduler_compositions import (  # noqa: E402
+    RescaleScheduler,
+    rescale,
+    restart,
+    warmup,
+)
+
+__all__ += ['RescaleScheduler', 'rescale', 'restart', 'warmup']

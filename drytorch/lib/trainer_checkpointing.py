@@ -87,7 +87,7 @@ class Checkpointing:
     def _save_key(self, position: Position) -> tuple[Any, ...]:
         return (self._revision, *dataclasses.astuple(position))
 
-    def _save(self, position: Position) -> str:
+    def _save(self, position: Position, *, blocking: bool = False) -> str:
         key = self._save_key(position)
         if self._last_save is not None and self._last_save[0] == key:
             location = self._last_save[1]  # this very state is on disk
@@ -99,8 +99,10 @@ class Checkpointing:
             dispatcher = EventDispatcher.active()
             if dispatcher is not None:
                 dispatcher.flush()
-            location = trainer_state.save(self, position)
+            location = trainer_state.save(self, position, blocking=blocking)
             self._last_save = (key, location)
+        if blocking:  # this state may be the one in flight
+            trainer_state.wait_for_writes(self)
         log_events.SaveModelEvent(
             model_name=self.model.name,
             definition='checkpoint',
@@ -172,7 +174,7 @@ class Checkpointing:
             # wrote it, later in the script: this trainer's calls before it
             # are done, and its own state is not in there
             if continued:
-                self.model.load_state_dict(state['model'])
+                trainer_state.load_weights(self.model, state)
             else:
                 self._foreign_after = Position(**state['position']).call or 0
             return
@@ -190,7 +192,9 @@ class Checkpointing:
         self, epoch: int, batch: int, phase: str, call: int, end: int
     ) -> None:
         """Checkpoint the exact position, then leave with 'requeue me'."""
-        self._save(self._position_at(epoch, batch, phase, call, end))
+        self._save(
+            self._position_at(epoch, batch, phase, call, end), blocking=True
+        )
         raise exceptions.PreemptedExit(
             f'Preempted at epoch {epoch}, batch {batch}; the checkpoint is '
             'saved and the run will resume there.'

@@ -18,18 +18,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import pathlib
 import warnings
 import weakref
 from typing import TYPE_CHECKING, Any
 
+import torch
 import torch.distributed as dist
 
 from drytorch.core import exceptions
 from drytorch.core.experimenting import Experiment
 from drytorch.distributed import agreement, ranks
+from drytorch.lib import elastic, sharded_checkpoints
 from drytorch.lib.resume import Position, rng_state, stream_for_rank
 
 if TYPE_CHECKING:
+    from drytorch.lib.models import Model
     from drytorch.lib.training import Trainer
 
 __all__ = [
@@ -49,15 +54,24 @@ def _hooks(trainer: Trainer) -> list[Any]:
     return [*trainer.pre_epoch_hooks, *trainer.post_epoch_hooks]
 
 
-def collect(trainer: Trainer, position: Position) -> dict[str, Any]:
+def collect(
+    trainer: Trainer, position: Position, *, in_parts: bool = False
+) -> dict[str, Any]:
     """The full training state at ``position`` (collective: gathers).
 
     A sharded model's weights and optimizer state are gathered here too,
-    on every rank (rank zero gets them, the writer).
+    on every rank (rank zero gets them, the writer).  ``in_parts`` leaves
+    them out (each rank writes its own, see ``sharded_checkpoints``):
+    the model's epoch count is then ``model_epoch``, and an optimizer that
+    has not stepped yet keeps its parameter groups here.
     """
     mine = {
         'rng': rng_state(trainer.model.device),
         'accumulator': trainer.accumulator.state_dict(),
+        # names the folder every rank writes a checkpoint in parts into
+        'pid': os.getpid(),
+        # an iterable data set's position on this rank (None: map-style)
+        'data': trainer.loader.stream_state(),
     }
     per_rank: list[Any] = [mine]
     if ranks.is_distributed():
@@ -65,17 +79,34 @@ def collect(trainer: Trainer, position: Position) -> dict[str, Any]:
         dist.all_gather_object(per_rank, mine)
     validation = trainer.validation
     run = Experiment.get_current().run
+    model = trainer.model
+    weights: dict[str, Any] = {'model_epoch': model.epoch}
+    if not in_parts:
+        weights = {
+            'model': model.state_dict(),
+            'optimizer': model.optimizer_state_dict(trainer.optimizer),
+        }
+    elif not trainer.optimizer.state:  # nothing in the parts
+        weights['optimizer'] = model.optimizer_state_dict(trainer.optimizer)
     return {
         'format': CHECKPOINT_FORMAT,
-        'model': trainer.model.state_dict(),
-        'optimizer': trainer.model.optimizer_state_dict(trainer.optimizer),
+        **weights,
         'scaler': trainer.scaler.state_dict(),
         'base_lr': trainer.base_lr,
         'scheduler': trainer.learning_schema.scheduler,
-        'loader': trainer.loader.state_dict(),
+        'optimizer_steps': trainer.optimizer_steps,
+        'loader': {
+            **trainer.loader.state_dict(),
+            # the global position: samples of the epoch's order done
+            'sample_cursor': trainer.loader.sample_cursor(position.batch)
+            if position.phase == 'train'
+            else None,
+        },
         'position': dataclasses.asdict(position),
-        'metrics': trainer.metrics,
-        'validation_metrics': dict(validation.metrics) if validation else {},
+        'metrics': trainer.computed_metrics,
+        'validation_metrics': dict(validation.computed_metrics)
+        if validation
+        else {},
         'terminated': trainer.terminated,
         'hooks': [
             (type(h).__name__, h.state_dict())
@@ -93,29 +124,33 @@ def collect(trainer: Trainer, position: Position) -> dict[str, Any]:
 def restore(trainer: Trainer, state: dict[str, Any]) -> Position | None:
     """Put ``state`` back; the position to continue from (None: a fresh one).
 
-    A position inside an epoch needs the world size it was written with
-    (each rank's shard of the epoch depends on it).  At an epoch boundary
-    any number of ranks can continue; ranks the checkpoint did not know get
-    streams derived from the saved ones (see ``resume.stream_for_rank``).
+    At an epoch boundary any number of ranks can continue.  Inside an
+    epoch another number of ranks continues when the global batch is kept
+    (``drytorch.lib.elastic``): the epoch goes on from its global sample
+    cursor, dealt to the ranks there are now, and rank zero carries the
+    saved ranks' partial metric sums.  Ranks the checkpoint did not know
+    get streams derived from the saved ones (``resume.stream_for_rank``).
     """
     position = Position(**state['position'])
     world = ranks.get_world_size()
     saved_world = int(state['world_size'])
-    if position.phase == 'train' and saved_world != world:
-        raise exceptions.WorldSizeChangedError(saved_world, world)
-    trainer.model.load_state_dict(state['model'])
-    trainer.model.load_optimizer_state_dict(
-        trainer.optimizer, state['optimizer']
-    )
+    elastic_resume = position.phase == 'train' and saved_world != world
+    if elastic_resume:
+        elastic.check_world_change(trainer.loader, state, world)
+    load_weights(trainer.model, state, trainer.optimizer)
     trainer.scaler.load_state_dict(state['scaler'])
     trainer.base_lr = state['base_lr']
+    # a per-step schedule's argument (0 in checkpoints that predate it)
+    trainer.optimizer_steps = int(state.get('optimizer_steps', 0))
     trainer.learning_schema = dataclasses.replace(
         trainer.learning_schema, scheduler=state['scheduler']
     )
     trainer.loader.load_state_dict(state['loader'])
-    trainer.metrics = dict(state['metrics'])
+    trainer.computed_metrics = dict(state['metrics'])
     if trainer.validation is not None:
-        trainer.validation.metrics = dict(state.get('validation_metrics', {}))
+        trainer.validation.computed_metrics = dict(
+            state.get('validation_metrics', {})
+        )
     trainer.terminated = state.get('terminated')
     trainer._hook_states = dict(enumerate(state['hooks']))
     restore_hooks(trainer)
@@ -123,11 +158,44 @@ def restore(trainer: Trainer, state: dict[str, Any]) -> Position | None:
     rank = ranks.get_rank()
     if script_of_run().takes_streams_of(position.call):
         stream_for_rank(per_rank, rank, trainer.model.device)
-    if position.phase == 'train':
+    if elastic_resume:
+        trainer.accumulator.load_state_dict(
+            elastic.merged_accumulator(per_rank, rank)
+        )
+    elif position.phase == 'train':
         trainer.accumulator.load_state_dict(per_rank[rank]['accumulator'])
+        trainer.loader.load_stream_state(per_rank[rank].get('data'))
     if position.phase == 'done' and position.call is None:
         return None
     return position
+
+
+def load_weights(
+    model: Model,
+    state: dict[str, Any],
+    optimizer: torch.optim.Optimizer | None = None,
+) -> None:
+    """The model's (and optimizer's) state from a checkpoint of either kind.
+
+    A checkpoint in parts is read here, each rank its share in its own
+    layout (a collective: every rank calls it); a single file's state is
+    already in ``state``.
+    """
+    if 'parts' not in state:
+        model.load_state_dict(state['model'])
+        if optimizer is not None:
+            model.load_optimizer_state_dict(optimizer, state['optimizer'])
+        return
+    in_file = 'optimizer' in state  # it had not stepped
+    sharded_checkpoints.load_parts(
+        model,
+        optimizer,
+        pathlib.Path(state['parts']),
+        with_optimizer=not in_file,
+    )
+    model.epoch = int(state['model_epoch'])
+    if optimizer is not None and in_file:
+        model.load_optimizer_state_dict(optimizer, state['optimizer'])
 
 
 class ScriptState:
@@ -209,7 +277,10 @@ def _score(trainer: Trainer) -> float | None:
         return None
     name = getattr(checkpoint, 'monitor', None) or trainer.loss.name
     validation = trainer.validation
-    sources = (validation.metrics if validation else {}, trainer.metrics)
+    sources = (
+        validation.computed_metrics if validation else {},
+        trainer.computed_metrics,
+    )
     for metrics in sources:
         value = metrics.get(name)
         if value is not None and math.isfinite(value):
@@ -228,10 +299,19 @@ def _score(trainer: Trainer) -> float | None:
     return None
 
 
-def save(trainer: Trainer, position: Position) -> str:
-    """Gather, let rank zero write, and tell every rank how it went."""
-    state = collect(trainer, position)
+def save(
+    trainer: Trainer, position: Position, *, blocking: bool = False
+) -> str:
+    """Gather, let rank zero write, and tell every rank how it went.
+
+    A checkpoint in parts is written by every rank, in the background
+    when its store says so, unless ``blocking`` (a preemption's, the last
+    of a training call): that one is on disk when this returns.
+    """
     checkpoint = trainer.model.checkpoint
+    if getattr(checkpoint, 'sharded', False):
+        return _save_parts(trainer, position, blocking)
+    state = collect(trainer, position)
     score = _score(trainer)
 
     def write() -> str:
@@ -256,6 +336,32 @@ def save(trainer: Trainer, position: Position) -> str:
     )
 
 
+def _save_parts(trainer: Trainer, position: Position, blocking: bool) -> str:
+    """Every rank writes its part of the checkpoint; rank zero the rest."""
+    checkpoint = trainer.model.checkpoint
+    checkpoint.wait(trainer.checkpoint_timeout)  # before the state moves on
+    state = collect(trainer, position, in_parts=True)
+    parts = sharded_checkpoints.parts_of(trainer.model, trainer.optimizer)
+    background = checkpoint.async_checkpoint and not blocking
+    return checkpoint.save_parts(
+        parts,
+        state,
+        position.epoch,
+        position.batch,
+        writer_pid=int(state['ranks'][0]['pid']),
+        score=_score(trainer),
+        timeout=trainer.checkpoint_timeout,
+        background=background,
+    )
+
+
+def wait_for_writes(trainer: Trainer) -> None:
+    """Wait for the model's background checkpoint write (collective)."""
+    wait = getattr(trainer.model.checkpoint, 'wait', None)
+    if wait is not None:
+        wait(trainer.checkpoint_timeout)
+
+
 def choose_and_read(
     trainer: Trainer, epoch: int, *, mid_epoch: bool, required: bool
 ) -> tuple[dict[str, Any], str] | None:
@@ -268,6 +374,7 @@ def choose_and_read(
     checkpoint = trainer.model.checkpoint
     device = trainer.model.device
     mine: dict[str, Any] = {}
+    wait_for_writes(trainer)  # the checkpoint being written may be the one
 
     def choose() -> str | None:
         try:

@@ -28,18 +28,19 @@ from drytorch.distributed.agreement import (
 from drytorch.distributed.preemption import watcher
 from drytorch.distributed.reduce import Flag, PackedReducer
 from drytorch.lib import trainer_state
-from drytorch.lib.evaluations import Validation, _compute
+from drytorch.lib.accumulation import Accumulation
+from drytorch.lib.evaluations import Validation
+from drytorch.lib.hook_registry import HookRegistry
 from drytorch.lib.learning import LearningSchema
 from drytorch.lib.loading import DataLoader
 from drytorch.lib.models import Model
 from drytorch.lib.objectives import LossBase
 from drytorch.lib.resume import Position
-from drytorch.lib.runners import LoopOutcome, Runner, to_device, unpack_batch
+from drytorch.lib.runners import LoopOutcome, Runner
 from drytorch.lib.trainer_checkpointing import Checkpointing
+from drytorch.lib.trainer_steps import Stepping
 
 __all__ = ['Trainer']
-
-Hook = Callable[['Trainer'], None]
 
 
 def _epoch_count(name: str, value: Any) -> int:
@@ -55,7 +56,7 @@ def _epoch_count(name: str, value: Any) -> int:
     return count
 
 
-class Trainer(Checkpointing, Runner):
+class Trainer(Stepping, Checkpointing, Runner):
     """Trains a model with a loss and a learning schema.
 
     Args:
@@ -68,6 +69,23 @@ class Trainer(Checkpointing, Runner):
         checkpoint_timeout: seconds the other ranks wait for rank zero to
             write a checkpoint (default ``$DRYTORCH_CHECKPOINT_TIMEOUT`` or
             600); a failed write stops every rank at once with its cause.
+        async_checkpoint: write the model's checkpoints in the background
+            (``LocalCheckpoint(async_checkpoint=...)``, which this sets on
+            the model's store; None leaves the store's choice).
+        accumulation_steps: micro-batches (loader batches) per optimizer
+            step; the losses are weighted so that a step equals one of a
+            batch ``accumulation_steps`` times larger, and under DDP the
+            gradients are all-reduced once per step.  An epoch's last
+            window may be shorter and steps on its own samples; a
+            preemption stops at a window boundary (see
+            ``drytorch.lib.accumulation`` for both choices and why).
+            Metrics and the progress bar count micro-batches.
+
+    Raises:
+        TypeError: for a ``loss`` that is not a drytorch loss, or an
+            ``accumulation_steps`` that is not a whole number.
+        ValueError: for ``accumulation_steps`` below 1, or above 1 with a
+            model made with DDP's ``static_graph=True``.
 
     """
 
@@ -81,7 +99,22 @@ class Trainer(Checkpointing, Runner):
         learning_schema: LearningSchema,
         sync_every: int | None = None,
         checkpoint_timeout: float | None = None,
+        async_checkpoint: bool | None = None,
+        accumulation_steps: int = 1,
     ) -> None:
+        accumulation = Accumulation(accumulation_steps)  # checked first
+        if accumulation.steps > 1 and model.ddp_options.static_graph:
+            # DDP's static graph expects every backward pass to reduce:
+            # under no_sync torch fails an internal assertion in the first
+            # backward.  Refused here, in one process too, before a job
+            # waits in the queue.
+            raise ValueError(
+                f'accumulation_steps={accumulation.steps} skips the '
+                'gradient all-reduce (no_sync) on all but the last batch '
+                f'of a window, which DDP with static_graph=True does not '
+                f'support. Make {model.name!r} with static_graph=False, or '
+                'use accumulation_steps=1.'
+            )
         if not isinstance(loss, LossBase):
             raise TypeError(
                 f'loss must be a drytorch.Loss, got {type(loss).__name__}; '
@@ -91,19 +124,39 @@ class Trainer(Checkpointing, Runner):
             model, name, loader=loader, objective=loss, sync_every=sync_every
         )
         self.loss = loss
+        self.accumulation = accumulation
+        self.sync.stride = accumulation.steps
+        # the position of the next micro-batch in the epoch's plan, and
+        # the plan's length: which window it falls in
+        self._micro = 0
+        self._micro_total = 0
+        #: optimizer steps taken by this trainer (saved in checkpoints): a
+        #: per-step schedule's argument
+        self.optimizer_steps = 0
         self.learning_schema = learning_schema
         self.optimizer = learning_schema.build_optimizer(model.module)
+        # averaged models (EMAModel, SWAModel) update after steps / epochs
+        self._after_step = getattr(model, 'post_batch_update', None)
+        self._after_epoch = getattr(model, 'post_epoch_update', None)
         self.scaler = torch.amp.GradScaler(
             model.device.type, enabled=model.uses_grad_scaler
         )
         self.validation: Validation | None = None
         self.validation_interval = 1
-        self.pre_epoch_hooks: list[Hook] = []
-        self.post_epoch_hooks: list[Hook] = []
-        self.metrics: dict[str, float] = {}
+        self.pre_epoch_hooks: HookRegistry[Trainer] = HookRegistry()
+        self.post_epoch_hooks: HookRegistry[Trainer] = HookRegistry()
+        self.computed_metrics: dict[str, float] = {}
         self.base_lr: float | dict[str, float] | None = None
         self.terminated: str | None = None
         self.checkpoint_timeout = agreement_timeout(checkpoint_timeout)
+        if async_checkpoint is not None:
+            set_async = getattr(model.checkpoint, 'set_async', None)
+            if set_async is None:
+                raise TypeError(
+                    f'async_checkpoint needs a LocalCheckpoint; the model '
+                    f'{model.name} has a {type(model.checkpoint).__name__}.'
+                )
+            set_async(async_checkpoint)
         # calls before a later one that another trainer of the same model
         # checkpointed: finished in an earlier attempt (see _auto_resume)
         self._foreign_after = 0
@@ -170,11 +223,6 @@ class Trainer(Checkpointing, Runner):
             scheduler_name=repr(self.learning_schema.scheduler),
         )
 
-    def _apply_lr(self) -> None:
-        self.learning_schema.apply_learning_rate(
-            self.optimizer, self.model.epoch, base_lr=self.base_lr
-        )
-
     # ------------------------------------------------------------ training
     def train(self, n_epochs: int) -> None:
         """Train for ``n_epochs`` more epochs (a whole number)."""
@@ -227,7 +275,7 @@ class Trainer(Checkpointing, Runner):
             self.terminated = None
         if until is not None and until < self.model.epoch and not resuming:
             warnings.warn(
-                exceptions.DryTorchWarning(
+                exceptions.PastEpochWarning(
                     f'The model is already at epoch {self.model.epoch}, '
                     f'past {until}; nothing to train.'
                 ),
@@ -279,7 +327,7 @@ class Trainer(Checkpointing, Runner):
         position.finished = True
         self._last_save = (
             self._save_key(position),
-            trainer_state.save(self, position),
+            trainer_state.save(self, position, blocking=True),
         )
 
     def _epochs(self, end: int, call: int) -> None:
@@ -389,6 +437,9 @@ class Trainer(Checkpointing, Runner):
         )
         self._apply_lr()
         plan = self.loader.plan(training=True, epoch=epoch)
+        self.accumulation.check_resume(start_batch)
+        self.accumulation.plan(plan)
+        self._micro, self._micro_total = start_batch, len(plan)
         self._module.train()
         outcome = self.run_loop(
             plan, self._step, start_batch=start_batch, check_finite=True
@@ -400,47 +451,24 @@ class Trainer(Checkpointing, Runner):
                 self._agree_on_reason()
             self._preempt(epoch - 1, outcome.steps_done, 'train', call, end)
         self.model.epoch = epoch
+        if self._after_epoch is not None:
+            self._after_epoch()
         self._revision += 1
-        self.metrics = outcome.metrics
+        self.computed_metrics = outcome.metrics
         if outcome.terminate:
             self.terminate_requested = True
+        logged = dict(outcome.metrics)
+        if self.learning_schema.per_step:
+            # the rate of the epoch's last step: a per-epoch record of a
+            # curve that moves every step
+            logged['lr'] = self.learning_rate
         log_events.MetricEvent(
             model_name=self.model.name,
             source_name=self.name,
             epoch=epoch,
-            metrics=dict(outcome.metrics),
+            metrics=logged,
         )
         return outcome
-
-    def _step(self, batch: Any, n: int) -> None:
-        inputs, targets = unpack_batch(batch, self.name)
-        device = self.model.device
-        inputs = to_device(inputs, device)
-        targets = to_device(targets, device)
-        with self.model.autocast():
-            outputs = self._module(inputs)
-            values = _compute(self.loss, outputs, targets, self.name)
-        loss = self.loss.criterion(values)
-        self.optimizer.zero_grad(set_to_none=True)
-        scaler = self.scaler
-        schema = self.learning_schema
-        clip = (
-            schema.clip_grad_norm is not None
-            or schema.clip_grad_value is not None
-        )
-        if scaler.is_enabled():
-            scaler.scale(loss).backward()
-            if clip:
-                scaler.unscale_(self.optimizer)
-                schema.clip_gradients(self.model.module.parameters())
-            scaler.step(self.optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            if clip:
-                schema.clip_gradients(self.model.module.parameters())
-            self.optimizer.step()
-        self.accumulator.add(values, n)
 
     def _validate(self, epoch: int, call: int, end: int) -> bool:
         """Validate if due; True when a preemption was signalled."""
@@ -455,4 +483,5 @@ class Trainer(Checkpointing, Runner):
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info['learning_schema'] = self.learning_schema
+        info['accumulation_steps'] = self.accumulation.steps
         return info

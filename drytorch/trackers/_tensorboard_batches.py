@@ -112,16 +112,19 @@ class BatchScalars:
         source = event.source_name
         model = event.model_name or self._models.get(source, '')
         log = self._log(model, source)
-        if model and event.num_batches:
-            base = self._epochs.get(model, 0) * event.num_batches
+        if model and event.n_iter:
+            base = self._epochs.get(model, 0) * event.n_iter
         else:  # no position known: a running count of the source's steps
             base = log.high
         first = base + event.start_batch + 1
         restart = log.inherited or first <= log.high
         log.inherited = False
 
-        def push(metrics: Mapping[str, Any], batches_done: int) -> None:
-            nonlocal restart
+        batches_done = 0  # the increments add up to the position
+
+        def push(metrics: Mapping[str, Any], advanced: int) -> None:
+            nonlocal restart, batches_done
+            batches_done += advanced
             if self.failure is not None or log.writer is None:
                 return
             try:

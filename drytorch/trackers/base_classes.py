@@ -98,7 +98,7 @@ class Dumper(Tracker):
         starts.  Before any run there is none.
         """
         if self._run_dir is None:
-            raise exceptions.NoActiveRunError(
+            raise exceptions.NoActiveExperimentError(
                 f'{self.__class__.__name__}.par_dir'
             )
         return self._run_dir

@@ -36,15 +36,20 @@ class CSVDumper(Dumper, MetricLoader):
     Args:
         par_dir: the folder under which each run's folder goes; the
             experiment's ``par_dir`` when None.
-        delimiter: the field separator.
+        dialect: the CSV format (DRYTorch's argument): a ``csv.Dialect``
+            instance or subclass, or a registered name; Excel's by default.
 
     """
 
     def __init__(
-        self, par_dir: str | pathlib.Path | None = None, delimiter: str = ','
+        self,
+        par_dir: str | pathlib.Path | None = None,
+        dialect: csv.Dialect | type[csv.Dialect] | str = 'excel',
     ) -> None:
         super().__init__(par_dir)
-        self.delimiter = delimiter
+        # checked now, not at the first epoch
+        csv.writer(io.StringIO(), dialect=dialect)
+        self.dialect = dialect
         # The metric columns of each file written this session, in order.
         self._columns: dict[pathlib.Path, list[str]] = {}
 
@@ -73,7 +78,7 @@ class CSVDumper(Dumper, MetricLoader):
         row = [event.model_name, event.source_name, str(event.epoch)]
         row += [repr(float(event.metrics[name])) for name in columns]
         with path.open('a', newline='', encoding='utf-8') as stream:
-            csv.writer(stream, delimiter=self.delimiter).writerow(row)
+            csv.writer(stream, dialect=self.dialect).writerow(row)
         return super().notify(event)
 
     def _prepare(
@@ -108,13 +113,13 @@ class CSVDumper(Dumper, MetricLoader):
         if rows:
             kept += [r for r in rows[1:] if r and int(r[2]) < epoch]
         buffer = io.StringIO()
-        csv.writer(buffer, delimiter=self.delimiter).writerows(kept)
+        csv.writer(buffer, dialect=self.dialect).writerows(kept)
         atomic_write_text(path, buffer.getvalue())
         return header[len(_FIXED) :]
 
     def _read_rows(self, path: pathlib.Path) -> list[list[str]]:
         with path.open(newline='', encoding='utf-8') as stream:
-            return list(csv.reader(stream, delimiter=self.delimiter))
+            return list(csv.reader(stream, dialect=self.dialect))
 
     @override
     def clean_up(self) -> None:
@@ -132,20 +137,49 @@ class CSVDumper(Dumper, MetricLoader):
         for path in sorted(folder.glob('*.csv')):
             if path.name.endswith('.previous.csv'):
                 continue
-            rows = self._read_rows(path)
-            if not rows:
-                continue
-            names = rows[0][len(_FIXED) :]
-            epochs: list[int] = []
-            values: dict[str, list[float]] = {name: [] for name in names}
-            for row in rows[1:]:
-                if not row:
-                    continue
-                epoch = int(row[2])
-                if 0 <= max_epoch < epoch:
-                    continue
-                epochs.append(epoch)
-                for name, value in zip(names, row[3:], strict=True):
-                    values[name].append(float(value))
-            history[path.stem] = (epochs, values)
+            found = self._history(path, max_epoch)
+            if found is not None:
+                history[path.stem] = found
         return history
+
+    def read_csv(
+        self, model_name: str, source: str, max_epoch: int = -1
+    ) -> tuple[list[int], dict[str, list[float]]]:
+        """The epochs and metric values of one model and source (DRYTorch's).
+
+        Reads the current run's file (the last run's once it stopped), up
+        to ``max_epoch`` (all when -1).
+
+        Raises:
+            FileNotFoundError: if that source logged nothing in this run.
+
+        """
+        path = self.file_path(model_name, source)
+        found = self._history(path, max_epoch) if path.exists() else None
+        if found is None:
+            logged = sorted(self.load_metrics(model_name))
+            raise FileNotFoundError(
+                f'No metrics of {model_name!r} from {source!r} in {path}; '
+                f'the sources logged are {logged}.'
+            )
+        return found
+
+    def _history(
+        self, path: pathlib.Path, max_epoch: int
+    ) -> tuple[list[int], dict[str, list[float]]] | None:
+        rows = self._read_rows(path)
+        if not rows:
+            return None
+        names = rows[0][len(_FIXED) :]
+        epochs: list[int] = []
+        values: dict[str, list[float]] = {name: [] for name in names}
+        for row in rows[1:]:
+            if not row:
+                continue
+            epoch = int(row[2])
+            if 0 <= max_epoch < epoch:
+                continue
+            epochs.append(epoch)
+            for name, value in zip(names, row[3:], strict=True):
+                values[name].append(float(value))
+        return epochs, values

@@ -18,7 +18,7 @@ INIT_MODE_VARIABLE = 'DRYTORCH_INIT_MODE'
 
 def _optional(kind: str, extra: str) -> None:
     warnings.warn(
-        exceptions.DryTorchWarning(
+        exceptions.FailedOptionalImportWarning(
             f'{kind} is not installed, so the default trackers go without '
             f"it; install it with `pip install 'drytorch[{extra}]'`."
         ),
@@ -59,7 +59,10 @@ def init_trackers(mode: InitMode = 'standard') -> None:
 
         if tqdm_tracker.is_available():
             trackers.append(BuiltinLogger(InfoLevels.metrics))
-            trackers.append(tqdm_tracker.TqdmLogger())
+            # an epoch bar over batch bars that leave no trace
+            trackers.append(
+                tqdm_tracker.TqdmLogger(leave=False, enable_training_bar=True)
+            )
         else:
             _optional('tqdm', 'recommended')
             trackers.append(BuiltinLogger(InfoLevels.epoch))

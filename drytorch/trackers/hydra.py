@@ -59,9 +59,13 @@ class HydraLink(Dumper):
         par_dir: the folder under which each run's folder (which holds
             the link) goes; the experiment's ``par_dir`` when None.
         copy_hydra: replace the link with a copy when the run stops.
+        hydra_dir: the folder to link (DRYTorch's option); Hydra's output
+            folder of the running job when None.
 
     Raises:
-        HydraNotRunningError: at construction, outside a Hydra job.
+        HydraNotRunningError: at construction, outside a Hydra job (when
+            ``hydra_dir`` is None).
+        NotADirectoryError: if ``hydra_dir`` is not a folder.
 
     """
 
@@ -69,11 +73,21 @@ class HydraLink(Dumper):
         self,
         par_dir: str | pathlib.Path | None = None,
         copy_hydra: bool = True,
+        hydra_dir: str | pathlib.Path | None = None,
     ) -> None:
-        if not is_available():
-            raise exceptions.MissingDependencyError('hydra-core', 'hydra')
         super().__init__(par_dir)
-        self.hydra_dir = _hydra_output_dir()
+        self._fixed_dir = hydra_dir is not None
+        if hydra_dir is None:
+            if not is_available():
+                raise exceptions.MissingDependencyError('hydra-core', 'hydra')
+            self.hydra_dir = _hydra_output_dir()
+        else:
+            self.hydra_dir = pathlib.Path(hydra_dir)
+            if not self.hydra_dir.is_dir():
+                raise NotADirectoryError(
+                    f'hydra_dir {str(self.hydra_dir)!r} is not a folder; '
+                    "pass Hydra's output folder, or None inside @hydra.main."
+                )
         self.copy_hydra = copy_hydra
         self.link: pathlib.Path | None = None
 
@@ -85,8 +99,9 @@ class HydraLink(Dumper):
     @notify.register
     def _(self, event: log_events.StartExperimentEvent) -> None:
         super().notify(event)
-        # a multirun reuses this tracker for several jobs: ask again
-        self.hydra_dir = _hydra_output_dir()
+        if not self._fixed_dir:
+            # a multirun reuses this tracker for several jobs: ask again
+            self.hydra_dir = _hydra_output_dir()
         name = (
             'hydra' if event.attempt <= 1 else f'hydra_attempt{event.attempt}'
         )

@@ -19,7 +19,20 @@ from drytorch.core import log_events
 from drytorch.core.tracking import Tracker
 from drytorch.trackers.base_classes import format_metrics
 
-__all__ = ['BuiltinLogger', 'InfoLevels', 'get_verbosity', 'set_verbosity']
+__all__ = [
+    'BuiltinLogger',
+    'DryTorchFilter',
+    'DryTorchFormatter',
+    'InfoLevels',
+    'ProgressFormatter',
+    'disable_default_handler',
+    'disable_propagation',
+    'enable_default_handler',
+    'enable_propagation',
+    'get_verbosity',
+    'set_formatter',
+    'set_verbosity',
+]
 
 logger = logging.getLogger('drytorch')
 _FORMAT = '[%(asctime)s] - %(message)s'
@@ -90,7 +103,7 @@ def _configure(to_stdout: bool, propagate: bool) -> None:
         if isinstance(handler, _CurrentStream):
             logger.removeHandler(handler)
     handler = _CurrentStream(to_stdout)
-    handler.setFormatter(logging.Formatter(_FORMAT, _DATE_FORMAT))
+    handler.setFormatter(DryTorchFormatter())
     logger.addHandler(handler)
     logger.propagate = propagate
 
@@ -252,3 +265,122 @@ class BuiltinLogger(Tracker):
             InfoLevels.internal, 'Registered model %s.', event.model_name
         )
         return super().notify(event)
+
+
+# ------------------------------------------------- DRYTorch's set-up helpers
+# The handler of the ``drytorch`` logger and its relation to the root logger,
+# with DRYTorch's names.  They change only this process's logging; under a
+# process group only rank zero has a BuiltinLogger, so only its records are
+# written anyway.
+
+
+class DryTorchFilter(logging.Filter):
+    """Drops the library's records from a handler it is added to.
+
+    Added to a root handler, it keeps that handler from repeating what the
+    library's own handler already wrote.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keep every record except the ``drytorch`` logger's."""
+        return not (
+            record.name == logger.name
+            or record.name.startswith(logger.name + '.')
+        )
+
+
+class DryTorchFormatter(logging.Formatter):
+    """``[date time] - message``, the library's line format."""
+
+    def __init__(self) -> None:
+        super().__init__(_FORMAT, _DATE_FORMAT)
+
+
+class ProgressFormatter(DryTorchFormatter):
+    """Epoch and model-state lines without a date, to be read as progress.
+
+    For streams without a progress bar (the ``minimal`` mode without tqdm):
+    the lines that come every epoch stay short, the others keep the date.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        """A short line for epoch messages, the default line otherwise."""
+        if record.levelno in (InfoLevels.epoch, InfoLevels.model_state):
+            return record.getMessage()
+        return super().format(record)
+
+
+def _stream_handlers() -> list[logging.StreamHandler]:  # type: ignore[type-arg]
+    return [h for h in logger.handlers if isinstance(h, logging.StreamHandler)]
+
+
+def enable_default_handler(stream: TextIO | None = None) -> None:
+    """Write the library's records to ``stream`` (the current stderr).
+
+    Replaces the logger's handlers; the logger stops propagating.  With no
+    ``stream``, the handler writes to whatever ``sys.stderr`` is when a
+    record comes (pytest's capture, a redirection), as the default does.
+    """
+    logger.handlers.clear()
+    handler: logging.Handler
+    if stream is None or stream is sys.stderr:
+        handler = _CurrentStream(to_stdout=False)
+    elif stream is sys.stdout:
+        handler = _CurrentStream(to_stdout=True)
+    else:
+        handler = logging.StreamHandler(stream)
+    handler.setFormatter(DryTorchFormatter())
+    logger.addHandler(handler)
+    logger.propagate = False
+
+
+def disable_default_handler() -> None:
+    """Silence the library's own output (records may still propagate)."""
+    logger.handlers.clear()
+    logger.addHandler(logging.NullHandler())
+
+
+def enable_propagation(deduplicate_stream: bool = True) -> None:
+    """Pass the library's records on to the root logger (Hydra's file).
+
+    Args:
+        deduplicate_stream: filter the library's records out of root
+            handlers that write to a stream the library already writes to,
+            so that no line shows twice on the console.
+
+    """
+    logger.propagate = True
+    if not deduplicate_stream:
+        return
+    ours = {id(h.stream) for h in _stream_handlers()}
+    for handler in logging.getLogger().handlers:
+        stream = getattr(handler, 'stream', None)
+        shared = stream is not None and id(stream) in ours
+        filtered = any(isinstance(f, DryTorchFilter) for f in handler.filters)
+        if shared and not filtered:
+            handler.addFilter(DryTorchFilter())
+
+
+def disable_propagation() -> None:
+    """Undo :func:`enable_propagation`."""
+    logger.propagate = False
+    for handler in logging.getLogger().handlers:
+        for log_filter in list(handler.filters):
+            if isinstance(log_filter, DryTorchFilter):
+                handler.removeFilter(log_filter)
+
+
+def set_formatter(style: str) -> None:
+    """Format the library's stream output as 'drytorch' or 'progress'.
+
+    Raises:
+        ValueError: for another style.
+
+    """
+    formatters = {'drytorch': DryTorchFormatter, 'progress': ProgressFormatter}
+    if style not in formatters:
+        raise ValueError(
+            f"style must be 'drytorch' or 'progress'; got {style!r}."
+        )
+    for handler in _stream_handlers():
+        handler.setFormatter(formatters[style]())

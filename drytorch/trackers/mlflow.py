@@ -308,7 +308,7 @@ class MLflow(Tracker):
 
     def _active(self) -> str:
         if self.run_id is None:
-            raise exceptions.NoActiveRunError('MLflow')
+            raise exceptions.NoActiveExperimentError('MLflow')
         return self.run_id
 
     def _experiment_id(self, name: str) -> str:

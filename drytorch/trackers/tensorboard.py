@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import pathlib
+import threading
 from typing import TYPE_CHECKING
 
 from typing_extensions import override
@@ -72,9 +73,15 @@ class TensorBoard(Dumper):
             experiment's ``par_dir`` when None.
         start_server: start ``tensorboard`` on 127.0.0.1 for each run,
             print its address, and stop it when the run stops.
+        max_queue_size: events the run's ``SummaryWriter`` queues before
+            it writes (DRYTorch's option).
+        flush_secs: seconds between the writer's flushes (DRYTorch's).
         port: the server's port; a free one when None.
         server_timeout: seconds to wait for the server to answer.
         log_batches: also write the running metrics of each sync point.
+
+    ``start_server`` is False by default here (DRYTorch: True): a job on a
+    cluster node has nobody to look at a local server.
 
     """
 
@@ -82,6 +89,9 @@ class TensorBoard(Dumper):
         self,
         par_dir: str | pathlib.Path | None = None,
         start_server: bool = False,
+        max_queue_size: int = 10,
+        flush_secs: int = 120,
+        *,
         port: int | None = None,
         server_timeout: float = 60.0,
         log_batches: bool = True,
@@ -91,16 +101,45 @@ class TensorBoard(Dumper):
                 'tensorboard', 'tensorboard'
             )
         super().__init__(par_dir)
+        for name, value in (
+            ('max_queue_size', max_queue_size),
+            ('flush_secs', flush_secs),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f'{name} must be an int; got {value!r}.')
+            if value < 1:
+                raise ValueError(f'{name} must be >= 1; got {value}.')
         self.start_server = start_server
+        self.max_queue_size = max_queue_size
+        self.flush_secs = flush_secs
         self.port = port
         self.server_timeout = server_timeout
         self.log_batches = log_batches
         self._writer: SummaryWriter | None = None
+        # the training thread (``writer``) and the worker may both open it
+        self._open_lock = threading.Lock()
         self._log_dir: pathlib.Path | None = None
         self._text: dict[str, str] = {}
         self._seam: Seam | None = None
         self._batches: BatchScalars | None = None
         self._server: TensorBoardServer | None = None
+
+    @property
+    def writer(self) -> SummaryWriter:
+        """The run's ``SummaryWriter``, for what the library does not log.
+
+        Call it on rank zero (where the tracker runs), after
+        ``TensorBoard.get_current()``, which waits until the tracker has
+        seen the run start.  What is written through it goes to the run's
+        ``tensorboard/`` folder, beside the library's scalars.
+
+        Raises:
+            AccessOutsideScopeError: outside a run.
+
+        """
+        if self._log_dir is None:
+            raise exceptions.AccessOutsideScopeError('TensorBoard.writer')
+        return self._open()
 
     @property
     def url(self) -> str | None:
@@ -272,7 +311,7 @@ class TensorBoard(Dumper):
         """The log directory, if it is still there."""
         log_dir = self._log_dir
         if log_dir is None:
-            raise exceptions.NoActiveRunError('TensorBoard')
+            raise exceptions.NoActiveExperimentError('TensorBoard')
         if not log_dir.is_dir():
             # open event files survive their folder's removal: without this
             # check the metrics would go to files nobody can read
@@ -284,6 +323,10 @@ class TensorBoard(Dumper):
 
     def _open(self) -> SummaryWriter:
         """The writer, created at the first write; checks the folder."""
+        with self._open_lock:
+            return self._open_locked()
+
+    def _open_locked(self) -> SummaryWriter:
         log_dir = self._check_dir()
         if self._writer is not None:
             return self._writer
@@ -291,7 +334,11 @@ class TensorBoard(Dumper):
 
         if self.resumed:
             wait_for_a_later_second(log_dir)
-        writer = SummaryWriter(str(log_dir))
+        writer = SummaryWriter(
+            str(log_dir),
+            max_queue=self.max_queue_size,
+            flush_secs=self.flush_secs,
+        )
         if self.resumed:  # the first attempt wrote the text already
             self._seam = Seam(log_dir)
         else:

@@ -85,7 +85,8 @@ class TqdmLogger(Tracker):
 
     Args:
         leave: keep the finished batch bars on screen.
-        enable_training_bar: show a bar over each loop's batches.
+        enable_training_bar: also show a bar over the training's epochs
+            (DRYTorch's meaning; the batch bars are always shown).
         file: the stream to write to; ``sys.stderr`` (as it is when a
             training starts) by default.
         interval: when the stream is not a terminal, the least seconds
@@ -98,10 +99,10 @@ class TqdmLogger(Tracker):
 
     def __init__(
         self,
-        leave: bool = False,
-        enable_training_bar: bool = True,
-        *,
+        leave: bool = True,
+        enable_training_bar: bool = False,
         file: TextIO | None = None,
+        *,
         interval: float | None = None,
     ) -> None:
         if not is_available():
@@ -141,6 +142,8 @@ class TqdmLogger(Tracker):
             self._end_epoch = event.end_epoch
             return super().notify(event)
         self._plain = None
+        if not self.enable_training_bar:
+            return super().notify(event)
         from tqdm.auto import tqdm
 
         total = event.end_epoch - event.start_epoch + 1
@@ -178,8 +181,6 @@ class TqdmLogger(Tracker):
 
     @notify.register
     def _(self, event: log_events.IterateBatchEvent) -> None:
-        if not self.enable_training_bar:
-            return super().notify(event)
         if self._plain is not None or not self._is_tty():
             self._plain = (
                 self._stream() if self._plain is None else self._plain
@@ -192,11 +193,11 @@ class TqdmLogger(Tracker):
         if bar is not None:
             # the same loop again (next epoch): reuse its bar, which is
             # cheaper than a new one and does not flicker
-            bar.reset(total=event.num_batches)
+            bar.reset(total=event.n_iter)
             bar.update(event.start_batch)
         else:
             bar = tqdm(
-                total=event.num_batches,
+                total=event.n_iter,
                 initial=event.start_batch,
                 desc=event.source_name,
                 unit='batch',
@@ -206,13 +207,17 @@ class TqdmLogger(Tracker):
             )
             self._batch_bars[event.source_name] = bar
 
-        def push(metrics: Mapping[str, Any], batches_done: int) -> None:
+        done = 0  # the increments add up to the position in the loop
+
+        def push(metrics: Mapping[str, Any], advanced: int) -> None:
+            nonlocal done
+            done += advanced
             if metrics:
                 bar.set_postfix(
                     {k: f'{v:.4g}' for k, v in metrics.items()},
                     refresh=False,
                 )
-            bar.update(batches_done - bar.n)
+            bar.update(done - bar.n)
 
         event.push_updates.append(push)
         return super().notify(event)
@@ -241,10 +246,13 @@ class TqdmLogger(Tracker):
         """
         began = _clock()
         start = event.start_batch
-        total = event.num_batches
+        total = event.n_iter
         of_total = f'/{total}' if total is not None else ''
+        batches_done = 0
 
-        def push(metrics: Mapping[str, Any], batches_done: int) -> None:
+        def push(metrics: Mapping[str, Any], advanced: int) -> None:
+            nonlocal batches_done
+            batches_done += advanced
             now = _clock()
             if now - max(began, self._last_line) < self.interval:
                 return

@@ -241,7 +241,7 @@ class Wandb(Dumper):
     def _(self, event: log_events.MetricEvent) -> None:
         run = self.run
         if run is None:
-            raise exceptions.NoActiveRunError('Wandb')
+            raise exceptions.NoActiveExperimentError('Wandb')
         model = event.model_name
         if model not in self._models:
             run.define_metric(f'{model}/*', step_metric=f'{model}/epoch')

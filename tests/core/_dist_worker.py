@@ -71,7 +71,7 @@ def main(par_dir: pathlib.Path) -> dict[str, Any]:
         name = exp.metadata_manager.register_model('linear', model)
         exp.metadata_manager.register_actor('trainer', Trainer(), name)
         batches = log_events.IterateBatchEvent(
-            source_name='trainer', batch_size=4, dataset_size=16
+            source_name='trainer', batch_size=4, dataset_size=16, n_iter=None
         )
         out['tracker_callbacks'] = len(batches.push_updates)
         batches.push_updates.append(lambda _, done: pushed.append(done))

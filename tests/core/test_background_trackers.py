@@ -218,7 +218,7 @@ def test_drain_deadline_names_what_was_not_delivered(
     gate_closed.append(stuck)
     exp.trackers.subscribe(stuck, after)
     with (
-        pytest.warns(tracking.TrackerFailedWarning) as record,
+        pytest.warns(tracking.TrackerExceptionWarning) as record,
         exp.create_run() as run,
     ):
         _metric(1, {'loss': 1.0})
@@ -254,11 +254,11 @@ def test_failing_progress_callback_drops_only_its_tracker(
     failing.immediate = immediate  # type: ignore[misc]
     exp.trackers.subscribe(failing=failing, healthy=healthy)
     with (
-        pytest.warns(tracking.TrackerFailedWarning) as record,
+        pytest.warns(tracking.TrackerExceptionWarning) as record,
         exp.create_run() as run,
     ):
         event = log_events.IterateBatchEvent(
-            source_name='train', batch_size=4, dataset_size=40
+            source_name='train', batch_size=4, dataset_size=40, n_iter=None
         )
         for done in (1, 2, 3):
             event.update({'loss': float(done)}, done)
@@ -291,7 +291,7 @@ def test_failure_warning_points_at_the_failing_line() -> None:
     (warning,) = [
         w
         for w in caught
-        if issubclass(w.category, tracking.TrackerFailedWarning)
+        if issubclass(w.category, tracking.TrackerExceptionWarning)
     ]
     with open(__file__, encoding='utf-8') as source:
         lines = source.read().splitlines()
@@ -346,10 +346,10 @@ class TestDefaultsLikeSubscribe:
     ) -> None:
         first = RecordingTracker()
         extend_default_trackers([first])
-        with pytest.raises(exceptions.TrackerAlreadySubscribedError) as info:
+        with pytest.raises(exceptions.TrackerAlreadyRegisteredError) as info:
             extend_default_trackers([RecordingTracker()])
         assert 'extend_default_trackers({' in str(info.value)
-        with pytest.raises(exceptions.TrackerAlreadySubscribedError):
+        with pytest.raises(exceptions.TrackerAlreadyRegisteredError):
             extend_default_trackers([ImmediateRecorder(), ImmediateRecorder()])
         assert dict(tracking.DEFAULT_TRACKERS) == {'RecordingTracker': first}
 
@@ -369,7 +369,7 @@ class TestDefaultsLikeSubscribe:
     def test_subscribing_a_default_class_again_says_what_to_do(self) -> None:
         extend_default_trackers([RecordingTracker()])
         exp = _experiment()
-        with pytest.raises(exceptions.TrackerAlreadySubscribedError) as info:
+        with pytest.raises(exceptions.TrackerAlreadyRegisteredError) as info:
             exp.trackers.subscribe(RecordingTracker())
         assert 'subscribe(my_name=' in str(info.value)
 
@@ -384,7 +384,7 @@ def test_a_stuck_tracker_on_a_full_queue_cannot_hang_the_stop(
     gate_closed.append(stuck)
     exp.trackers.subscribe(stuck)
     with (
-        pytest.warns(tracking.TrackerFailedWarning, match='GatedTracker'),
+        pytest.warns(tracking.TrackerExceptionWarning, match='GatedTracker'),
         exp.create_run() as run,
     ):
         assert stuck.entered.wait(10)
@@ -463,7 +463,7 @@ def test_the_stop_waits_one_drain_deadline_not_two(
     assert stuck.entered.wait(10)
     _metric(1, {'loss': 1.0})  # fills the queue
     began = time.monotonic()
-    with pytest.warns(tracking.TrackerFailedWarning):
+    with pytest.warns(tracking.TrackerExceptionWarning):
         run.stop()
     took = time.monotonic() - began
     # generous: the bug took two deadlines (6 s)

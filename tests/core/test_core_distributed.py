@@ -133,9 +133,9 @@ def test_only_rank_zero_writes(launch: Any) -> None:
 
 def test_a_refused_start_fails_on_every_rank(launch: Any) -> None:
     _, _, (zero, one) = launch
-    assert zero['refused'] == 'RunAlreadyExistsError'
+    assert zero['refused'] == 'RunAlreadyRecordedError'
     assert one['refused'] == 'DryTorchError'
-    assert 'RunAlreadyExistsError' in one['refused_message']
+    assert 'RunAlreadyRecordedError' in one['refused_message']
     assert "rank zero's log" in one['refused_message']
     assert not zero['active_after_refusal']
     assert not one['active_after_refusal']

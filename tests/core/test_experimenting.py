@@ -69,15 +69,17 @@ class TestExperiment:
 
     def test_get_current_outside_a_run(self) -> None:
         exp = Experiment(Config(), name='Exp', par_dir='experiments')
-        with pytest.raises(exceptions.NoActiveRunError, match='get_current'):
+        with pytest.raises(
+            exceptions.NoActiveExperimentError, match='get_current'
+        ):
             Experiment.get_current()
-        with pytest.raises(exceptions.NoActiveRunError):
+        with pytest.raises(exceptions.NoActiveExperimentError):
             Experiment.get_config()
-        with pytest.raises(exceptions.NoActiveRunError):
+        with pytest.raises(exceptions.NoActiveExperimentError):
             _ = exp.run
         with exp.create_run():
             pass
-        with pytest.raises(exceptions.NoActiveRunError):
+        with pytest.raises(exceptions.NoActiveExperimentError):
             Experiment.get_current()
 
     def test_get_current_of_a_subclass(self) -> None:
@@ -87,7 +89,7 @@ class TestExperiment:
         plain = Experiment(Config(), name='Plain', par_dir='experiments')
         with (
             plain.create_run(),
-            pytest.raises(exceptions.NoActiveRunError, match='Plain'),
+            pytest.raises(exceptions.NoActiveExperimentError, match='Plain'),
         ):
             MyExperiment.get_current()
         mine = MyExperiment(Config(lr=0.5), par_dir='experiments')
@@ -247,7 +249,7 @@ class TestIds:
         with exp.create_run(run_id='baseline'):
             pass
         run = exp.create_run(run_id='baseline')
-        with pytest.raises(exceptions.RunAlreadyExistsError) as info:
+        with pytest.raises(exceptions.RunAlreadyRecordedError) as info:
             run.start()
         assert "'baseline'" in str(info.value)
         assert 'resume=True' in str(info.value)
@@ -357,7 +359,7 @@ class TestResume:
     def test_unknown_id_warns_and_starts_it(self) -> None:
         exp = Experiment(None, name='Exp', par_dir='experiments')
         with (
-            pytest.warns(exceptions.RunNotFoundWarning) as record,
+            pytest.warns(exceptions.NotExistingRunWarning) as record,
             exp.create_run(run_id='ghost', resume=True) as run,
         ):
             assert run.id == 'ghost'
@@ -374,7 +376,7 @@ class TestResume:
             with exp.create_run(resume=True) as run:
                 assert not run.resumed
         categories = [w.category for w in caught]
-        assert categories == [exceptions.RunNotFoundWarning]
+        assert categories == [exceptions.NotExistingRunWarning]
         assert RUN_ID.match(run.id)
         assert [e['run_id'] for e in registry_entries(exp)] == [run.id]
 

@@ -60,7 +60,7 @@ def _trainer(name: str) -> None:
         name,
         loader=_loader(),
         loss=drytorch.Loss('MSE'),
-        learning_schema=drytorch.LearningSchema.SGD(0.1),
+        learning_schema=drytorch.LearningSchema.sgd(0.1),
     )
 
 

@@ -75,7 +75,12 @@ def every_event() -> list[tuple[type[log_events.Event], dict[str, Any]]]:
         ),
         (
             log_events.IterateBatchEvent,
-            {'source_name': 's', 'batch_size': 4, 'dataset_size': 10},
+            {
+                'source_name': 's',
+                'batch_size': 4,
+                'dataset_size': 10,
+                'n_iter': 3,
+            },
         ),
         (
             log_events.TerminatedTrainingEvent,
@@ -118,7 +123,7 @@ def test_every_listed_event_is_exported() -> None:
 def test_event_outside_a_run_raises(
     cls: type[log_events.Event], kwargs: dict[str, Any]
 ) -> None:
-    with pytest.raises(exceptions.NoActiveRunError) as info:
+    with pytest.raises(exceptions.NoActiveExperimentError) as info:
         cls(**kwargs)
     message = str(info.value)
     assert cls.__name__ in message
@@ -154,7 +159,7 @@ def test_events_after_the_run_stops_raise(
     with experiment.create_run():
         pass
     count = len(recorder.events)
-    with pytest.raises(exceptions.NoActiveRunError):
+    with pytest.raises(exceptions.NoActiveExperimentError):
         log_events.EndTrainingEvent(source_name='late')
     assert len(recorder.events) == count
 
@@ -194,7 +199,7 @@ def test_iterate_batch_update_calls_every_push_callback(
 
     with experiment.create_run():
         event = log_events.IterateBatchEvent(
-            source_name='train', batch_size=8, dataset_size=80, num_batches=10
+            source_name='train', batch_size=8, dataset_size=80, n_iter=10
         )
         event.push_updates.append(
             lambda metrics, done: pushed.append(('a', dict(metrics), done))
@@ -228,7 +233,10 @@ def test_iterate_batch_callbacks_added_by_trackers(
     experiment.trackers.subscribe(Progress())
     with experiment.create_run():
         event = log_events.IterateBatchEvent(
-            source_name='train', batch_size=None, dataset_size=None
+            source_name='train',
+            batch_size=None,
+            dataset_size=None,
+            n_iter=None,
         )
         event.update({'acc': 0.5}, 1)
     assert pushed == [({'acc': 0.5}, 1)]

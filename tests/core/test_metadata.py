@@ -110,7 +110,9 @@ class TestMetadataManager:
         module = torch.nn.Linear(1, 1)
         with exp.create_run():
             exp.metadata_manager.register_model('net', module)
-            with pytest.raises(exceptions.ModelAlreadyRegisteredError) as info:
+            with pytest.raises(
+                exceptions.ModuleAlreadyRegisteredError
+            ) as info:
                 exp.metadata_manager.register_model('other', module)
             assert "'net'" in str(info.value)
             exp.metadata_manager.unregister_model('net')
@@ -142,5 +144,5 @@ class TestMetadataManager:
     def test_registration_outside_a_run_raises(
         self, exp: Experiment[Any]
     ) -> None:
-        with pytest.raises(exceptions.NoActiveRunError):
+        with pytest.raises(exceptions.NoActiveExperimentError):
             exp.metadata_manager.register_model('net', torch.nn.Linear(1, 1))

@@ -87,13 +87,13 @@ def test_outside_git_the_commit_is_none(tmp_path: pathlib.Path) -> None:
 
 def test_errors_are_drytorch_errors() -> None:
     for error in (
-        exceptions.NoActiveRunError,
-        exceptions.RunAlreadyExistsError,
+        exceptions.NoActiveExperimentError,
+        exceptions.RunAlreadyRecordedError,
         exceptions.RunAlreadyRunningError,
         exceptions.NameNotValidError,
         exceptions.TrackerNotUsedError,
     ):
         assert issubclass(error, exceptions.DryTorchError)
     assert issubclass(
-        exceptions.RunNotFoundWarning, exceptions.DryTorchWarning
+        exceptions.NotExistingRunWarning, exceptions.DryTorchWarning
     )

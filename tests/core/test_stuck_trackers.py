@@ -97,7 +97,7 @@ def test_a_full_queue_behind_a_stuck_tracker_does_not_stop_training(
     held.append(stuck)
     exp.trackers.subscribe(before=before, stuck=stuck, after=after)
     with (
-        pytest.warns(tracking.TrackerFailedWarning) as record,
+        pytest.warns(tracking.TrackerExceptionWarning) as record,
         exp.create_run() as run,
     ):
         for epoch in range(1, 21):  # ten times what the queue holds
@@ -139,7 +139,9 @@ def test_a_flush_behind_a_stuck_tracker_returns(
     held.append(stuck)
     exp.trackers.subscribe(stuck=stuck, after=after)
     with (
-        pytest.warns(tracking.TrackerFailedWarning, match='has not returned'),
+        pytest.warns(
+            tracking.TrackerExceptionWarning, match='has not returned'
+        ),
         exp.create_run(),
     ):
         _metric(1, {'loss': 1.0})
@@ -159,11 +161,11 @@ def test_a_stuck_progress_callback_drops_its_tracker_only(
     held.append(stuck)
     exp.trackers.subscribe(stuck=stuck, healthy=healthy)
     with (
-        pytest.warns(tracking.TrackerFailedWarning, match="'stuck'"),
+        pytest.warns(tracking.TrackerExceptionWarning, match="'stuck'"),
         exp.create_run() as run,
     ):
         event = log_events.IterateBatchEvent(
-            source_name='train', batch_size=4, dataset_size=40
+            source_name='train', batch_size=4, dataset_size=40, n_iter=None
         )
         event.update({'loss': 1.0}, 1)
         assert exp.trackers.flush(10)

@@ -53,7 +53,7 @@ class TestSubscription:
         first = RecordingTracker()
         exp.trackers.subscribe(first)
         other = OtherTracker()
-        with pytest.raises(exceptions.TrackerAlreadySubscribedError) as info:
+        with pytest.raises(exceptions.TrackerAlreadyRegisteredError) as info:
             exp.trackers.subscribe(other, RecordingTracker=RecordingTracker())
         assert "'RecordingTracker'" in str(info.value)
         assert 'remove' in str(info.value)
@@ -174,12 +174,12 @@ class TestGetCurrent:
     def test_without_a_run(self) -> None:
         exp = make_experiment()
         exp.trackers.subscribe(RecordingTracker())
-        with pytest.raises(exceptions.NoActiveRunError) as info:
+        with pytest.raises(exceptions.NoActiveExperimentError) as info:
             RecordingTracker.get_current()
         assert 'RecordingTracker.get_current()' in str(info.value)
         with exp.create_run():
             pass
-        with pytest.raises(exceptions.NoActiveRunError):
+        with pytest.raises(exceptions.NoActiveExperimentError):
             RecordingTracker.get_current()
 
 
@@ -190,7 +190,7 @@ class TestFailingTrackers:
         healthy = RecordingTracker()
         exp.trackers.subscribe(failing, healthy)
         with exp.create_run() as run:
-            with pytest.warns(tracking.TrackerFailedWarning) as record:
+            with pytest.warns(tracking.TrackerExceptionWarning) as record:
                 log_events.EndTrainingEvent(source_name='s')
                 exp.trackers.flush()
             message = str(record[0].message)
@@ -218,7 +218,7 @@ class TestFailingTrackers:
         healthy = RecordingTracker()
         exp.trackers.subscribe(failing, healthy)
         with (
-            pytest.warns(tracking.TrackerFailedWarning),
+            pytest.warns(tracking.TrackerExceptionWarning),
             exp.create_run() as run,
         ):
             assert run.is_active
@@ -233,7 +233,7 @@ class TestFailingTrackers:
         exp = make_experiment()
         exp.trackers.subscribe(BadCleanUp(on=log_events.EndTrainingEvent))
         with exp.create_run():
-            with pytest.warns(tracking.TrackerFailedWarning) as record:
+            with pytest.warns(tracking.TrackerExceptionWarning) as record:
                 log_events.EndTrainingEvent(source_name='s')
                 exp.trackers.flush()
             messages = [str(w.message) for w in record]
@@ -335,7 +335,7 @@ def test_warning_category_is_a_drytorch_warning() -> None:
         warnings.simplefilter('always')
         log_events.EndTrainingEvent(source_name='s')
         exp.trackers.flush()
-    assert [w.category for w in caught] == [tracking.TrackerFailedWarning]
+    assert [w.category for w in caught] == [tracking.TrackerExceptionWarning]
     assert issubclass(
-        tracking.TrackerFailedWarning, exceptions.DryTorchWarning
+        tracking.TrackerExceptionWarning, exceptions.DryTorchWarning
     )

@@ -122,7 +122,7 @@ def _train(counter: BroadcastCounter, out: dict[str, Any]) -> dict[str, Any]:
             make_dataset(N_TRAIN, seed=0), TRAIN_BATCH, seed=0
         ),
         loss=drytorch.Loss('CrossEntropy'),
-        learning_schema=drytorch.LearningSchema.SGD(lr=LR),
+        learning_schema=drytorch.LearningSchema.sgd(base_lr=LR),
     )
     trainer.add_validation(
         drytorch.DataLoader(make_dataset(N_VALIDATION, seed=1), EVAL_BATCH)
@@ -143,13 +143,13 @@ def _train(counter: BroadcastCounter, out: dict[str, Any]) -> dict[str, Any]:
         return original_run()
 
     def record(_: drytorch.Trainer) -> None:
-        out['validation'].append(dict(validation.metrics))
+        out['validation'].append(dict(validation.computed_metrics))
         out['broadcasts'].append(counter.calls - calls_at_start[0])
 
     validation.run = spied_run  # type: ignore[method-assign]
-    trainer.pre_epoch_hooks.append(start)
-    trainer.post_epoch_hooks.append(hooks.SaveEveryEpochs())
-    trainer.post_epoch_hooks.append(record)
+    trainer.pre_epoch_hooks.register(start)
+    trainer.post_epoch_hooks.register(hooks.SaveEveryEpochs())
+    trainer.post_epoch_hooks.register(record)
     trainer.train(EPOCHS)
     # the trainer may write a checkpoint that a hook asks for only once
     # every hook has run, so the files are looked up afterwards

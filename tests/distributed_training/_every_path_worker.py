@@ -59,7 +59,7 @@ def _trainer(
         model,
         loader=drytorch.DataLoader(_data(), 4, seed=1),
         loss=drytorch.Loss('MSE'),
-        learning_schema=drytorch.LearningSchema.SGD(0.01),
+        learning_schema=drytorch.LearningSchema.sgd(0.01),
         sync_every=2,
         **kwargs,
     )
@@ -88,7 +88,7 @@ def terminate_on_one_rank(root: str, rank: int, epoch: int) -> Any:
             if ranks.get_rank() == rank and t.model.epoch == epoch:
                 t.terminate_training(f'decided on rank {rank}')
 
-        trainer.post_epoch_hooks.append(decide)
+        trainer.post_epoch_hooks.register(decide)
         trainer.train(5)
         return trainer.model.epoch, trainer.terminated
 
@@ -134,7 +134,7 @@ def save_epochs(root: str, epochs: int) -> Any:
 
     def body() -> Any:
         trainer = _trainer(root)
-        trainer.post_epoch_hooks.append(hooks.SaveEveryEpochs(1))
+        trainer.post_epoch_hooks.register(hooks.SaveEveryEpochs(1))
         trainer.train(epochs)
         return trainer.model.epoch
 

@@ -20,7 +20,7 @@ from torch.utils.data import TensorDataset
 
 import drytorch
 from drytorch.distributed import ranks, teardown_distributed
-from drytorch.lib import hooks, learning, objectives, schedulers
+from drytorch.lib import gradient_ops, hooks, learning, objectives, schedulers
 
 N_FEATURES = 6
 N_CLASSES = 3
@@ -111,10 +111,14 @@ def _train(
     )
     out: dict[str, Any] = {'shard_units': model.shard_units}
     out['params'] = _local_numel(list(model.module.parameters()))
-    schema = drytorch.LearningSchema.Adam(
-        lr=LR,
+    schema = drytorch.LearningSchema.adam(
+        base_lr=LR,
         scheduler=schedulers.CosineScheduler(EPOCHS).with_warmup(1),
-        clip_grad_norm=clip,
+        gradient_op=(
+            gradient_ops.NoOp()
+            if clip is None
+            else gradient_ops.GradNormClipper(clip)
+        ),
     )
     trainer = drytorch.Trainer(
         model,
@@ -134,8 +138,8 @@ def _train(
     forward_dtypes: set[torch.dtype] = set()
 
     def record(_: drytorch.Trainer) -> None:
-        out['train'].append(trainer.metrics['CE'])
-        out['validation'].append(validation.metrics['CE'])
+        out['train'].append(trainer.computed_metrics['CE'])
+        out['validation'].append(validation.computed_metrics['CE'])
         out['lr'].append(trainer.optimizer.param_groups[0]['lr'])
 
     def spy(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
@@ -150,11 +154,11 @@ def _train(
         metric=drytorch.Loss(objectives.cross_entropy, 'CE'),
     )
     before()
-    out['before'] = dict(before.metrics)
+    out['before'] = dict(before.computed_metrics)
     model.module[0].register_forward_hook(spy)
-    trainer.post_epoch_hooks.append(hooks.ReduceLROnPlateau(patience=1))
-    trainer.post_epoch_hooks.append(hooks.SaveEveryEpochs())
-    trainer.post_epoch_hooks.append(record)
+    trainer.post_epoch_hooks.register(hooks.ReduceLROnPlateau(patience=1))
+    trainer.post_epoch_hooks.register(hooks.SaveEveryEpochs())
+    trainer.post_epoch_hooks.register(record)
     trainer.train(EPOCHS)
     out['forward_dtypes'] = sorted(str(d) for d in forward_dtypes)
     out['param_dtypes'] = sorted(
@@ -177,8 +181,10 @@ def _train(
         store_outputs=True,
     )
     test()
-    out['test'] = dict(test.metrics)
-    out['outputs'] = torch.stack(test.outputs) if test.outputs else None
+    out['test'] = dict(test.computed_metrics)
+    out['outputs'] = (
+        torch.stack(test.outputs_list) if test.outputs_list else None
+    )
     return out
 
 

@@ -216,7 +216,7 @@ def _frozen_epoch(dataset: TensorDataset, eval_batch: int) -> dict[str, Any]:
         model,
         loader=drytorch.DataLoader(dataset, TRAIN_BATCH, seed=0),
         loss=loss,
-        learning_schema=drytorch.LearningSchema.SGD(lr=FROZEN_LR),
+        learning_schema=drytorch.LearningSchema.sgd(base_lr=FROZEN_LR),
         sync_every=TRAIN_SYNC,
     )
     trainer.add_validation(drytorch.DataLoader(dataset, eval_batch))
@@ -236,11 +236,13 @@ def _frozen_epoch(dataset: TensorDataset, eval_batch: int) -> dict[str, Any]:
     )
     assert trainer.validation is not None
     return {
-        'train_metrics': trainer.metrics,
-        'validation_metrics': trainer.validation.metrics,
-        'test_metrics': test.metrics,
+        'train_metrics': trainer.computed_metrics,
+        'validation_metrics': trainer.validation.computed_metrics,
+        'test_metrics': test.computed_metrics,
         'test_outputs': (
-            torch.stack(test.outputs) if test.outputs else torch.empty(0)
+            torch.stack(test.outputs_list)
+            if test.outputs_list
+            else torch.empty(0)
         ),
         'weights_unchanged': unchanged,
         'ddp': model._ddp is not None,
@@ -284,7 +286,7 @@ def _count(
         name=f'Trainer_m{n_metrics}_n{every}',
         loader=loader,
         loss=loss,
-        learning_schema=drytorch.LearningSchema.SGD(lr=0.01),
+        learning_schema=drytorch.LearningSchema.sgd(base_lr=0.01),
         sync_every=every,
     )
     before = counter.calls
@@ -325,7 +327,7 @@ def _train_for_real(dataset: TensorDataset) -> list[float]:
         model,
         loader=drytorch.DataLoader(dataset, TRAIN_BATCH, seed=3),
         loss=drytorch.Loss('CrossEntropy'),
-        learning_schema=drytorch.LearningSchema.Adam(lr=0.01),
+        learning_schema=drytorch.LearningSchema.adam(base_lr=0.01),
     )
     trainer.train(2)
     return [
@@ -365,7 +367,7 @@ def train_until_killed(
             model,
             loader=drytorch.DataLoader(dataset, 8, seed=0),
             loss=drytorch.Loss(cross_entropy, 'CrossEntropy'),
-            learning_schema=drytorch.LearningSchema.SGD(lr=0.01),
+            learning_schema=drytorch.LearningSchema.sgd(base_lr=0.01),
             sync_every=2,
         )
         try:
@@ -417,7 +419,7 @@ def forced_group_training(par_dir: str) -> dict[str, Any]:
                 model,
                 loader=drytorch.DataLoader(make_dataset(), TRAIN_BATCH),
                 loss=drytorch.Loss('CrossEntropy'),
-                learning_schema=drytorch.LearningSchema.SGD(lr=FROZEN_LR),
+                learning_schema=drytorch.LearningSchema.sgd(base_lr=FROZEN_LR),
                 sync_every=TRAIN_SYNC,
             )
             trainer.train(1)
@@ -430,7 +432,7 @@ def forced_group_training(par_dir: str) -> dict[str, Any]:
                 'ddp': model._ddp is not None,
                 'reducer_calls': trainer.reducer.calls,
                 'all_reduce': counter.calls,
-                'train_metrics': trainer.metrics,
+                'train_metrics': trainer.computed_metrics,
             }
     finally:
         teardown_distributed()

@@ -182,11 +182,15 @@ def test_each_rank_holds_about_half_of_the_state(
 
 
 def test_a_checkpoint_under_fsdp_loads_into_a_plain_module(
-    fsdp: list[dict[str, Any]],
+    fsdp: list[dict[str, Any]], tmp_path: pathlib.Path
 ) -> None:
     """Written by two sharded ranks; read by plain torch, in one process."""
     record = fsdp[0]['plain']
-    state = torch.load(record['checkpoint'], weights_only=False)
+    folder = pathlib.Path(record['checkpoint'])
+    assert folder.name.endswith('.dcp')  # a sharded model's are in parts
+    store = drytorch.LocalCheckpoint(folder.parent, run_folders=False)
+    exported = store.export(tmp_path / 'plain.pt', folder)
+    state = torch.load(exported, weights_only=False)
     network = worker.make_network(seed=9)
     network.load_state_dict(state['model']['module'], strict=True)
     for key, value in network.state_dict().items():

@@ -335,22 +335,22 @@ def train_one(
         model,
         loader=loader(train_set, seed=3),
         loss=loss,
-        learning_schema=drytorch.LearningSchema.Adam(lr=0.05),
+        learning_schema=drytorch.LearningSchema.adam(base_lr=0.05),
         sync_every=args.sync_every,
     )
     cue.trainer = trainer
     trainer.add_validation(loader(val_set))
-    trainer.post_epoch_hooks.append(cue.post_epoch)
-    trainer.post_epoch_hooks.append(
+    trainer.post_epoch_hooks.register(cue.post_epoch)
+    trainer.post_epoch_hooks.register(
         hooks.ReduceLROnPlateau(patience=1, factor=0.5, min_delta=10.0)
     )
     if args.patience:
-        trainer.post_epoch_hooks.append(
+        trainer.post_epoch_hooks.register(
             hooks.EarlyStoppingCallback(
                 patience=args.patience, start_from_epoch=2, min_delta=10.0
             )
         )
-    trainer.post_epoch_hooks.append(hooks.SaveEveryEpochs(1))
+    trainer.post_epoch_hooks.register(hooks.SaveEveryEpochs(1))
     trainer.train(args.epochs)
     cue.at_point('before_test')
     # the test syncs as the training does, so that a stop during it is
@@ -370,7 +370,7 @@ def train_one(
     result = {
         'epoch': model.epoch,
         'terminated': trainer.terminated,
-        'test': dict(test.metrics),
+        'test': dict(test.computed_metrics),
     }
     rank = ranks.get_rank()
     (out / f'{run_id}-rank{rank}.json').write_text(json.dumps(result))
@@ -378,7 +378,7 @@ def train_one(
         final = {
             'model': model.module.state_dict(),
             'optimizer': trainer.optimizer.state_dict(),
-            'test': dict(test.metrics),
+            'test': dict(test.computed_metrics),
         }
         torch.save(final, out / f'final-{run_id}.pt')
 

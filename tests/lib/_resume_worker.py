@@ -45,8 +45,8 @@ def build() -> drytorch.Trainer:
         nn.Linear(16, 1),
     )
     model = drytorch.Model(network, name='net', device='cpu')
-    schema = drytorch.LearningSchema.Adam(
-        lr=0.03,
+    schema = drytorch.LearningSchema.adam(
+        base_lr=0.03,
         scheduler=schedulers.CosineScheduler(EPOCHS).with_warmup(1),
     )
     trainer = drytorch.Trainer(
@@ -60,9 +60,9 @@ def build() -> drytorch.Trainer:
     )
     # no epoch improves by 10: the rate halves after epochs 3 and 5, so
     # the patience counter saved after epoch 4 decides the rate of epoch 6
-    trainer.post_epoch_hooks.append(
+    trainer.post_epoch_hooks.register(
         hooks.ReduceLROnPlateau(
-            source='training', factor=0.5, patience=2, min_delta=10.0
+            monitor=trainer, factor=0.5, patience=2, min_delta=10.0
         )
     )
     return trainer

@@ -49,7 +49,7 @@ def make_trainer(
             data or regression_data(), batch_size, seed=0
         ),
         loss=loss or drytorch.Loss('MSE'),
-        learning_schema=schema or LearningSchema.SGD(0.05),
+        learning_schema=schema or LearningSchema.sgd(0.05),
         **kwargs,
     )
 

@@ -84,7 +84,7 @@ def test_a_scheduler_with_a_negative_epoch(
 ) -> None:
     with pytest.raises(ValueError, match=r'epoch must be >= 0.*got -1'):
         scheduler(0.1, -1)
-    schema = LearningSchema.SGD(0.1, scheduler=scheduler)
+    schema = LearningSchema.sgd(0.1, scheduler=scheduler)
     with pytest.raises(ValueError, match='got -3'):
         schema.learning_rates(-3)
 
@@ -94,12 +94,12 @@ def test_an_unknown_optimizer_argument() -> None:
         TypeError,
         match=r"Adam got an unknown argument 'bettas'\. Did you mean 'betas'",
     ):
-        LearningSchema.Adam(bettas=(0.9, 0.99))
+        LearningSchema.adam(bettas=(0.9, 0.99))
 
 
 def test_an_optimizer_argument_out_of_range() -> None:
     with pytest.raises(ValueError, match=r'betas=\(1\.5, 0\.999\)'):
-        LearningSchema.Adam(betas=(1.5, 0.999))
+        LearningSchema.adam(betas=(1.5, 0.999))
 
 
 @pytest.mark.usefixtures('run')

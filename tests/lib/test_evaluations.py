@@ -78,9 +78,9 @@ def test_test_is_announced_around_its_metrics(
     start, iterate, metric, end = events
     assert start.model_name == end.model_name == metric.model_name == 'net'
     assert iterate.source_name == metric.source_name == 'Test'
-    assert (iterate.num_batches, iterate.dataset_size) == (4, 10)
+    assert (iterate.n_iter, iterate.dataset_size) == (4, 10)
     assert set(metric.metrics) == {'MSE', 'MAE'}
-    assert test.metrics == metric.metrics
+    assert test.computed_metrics == metric.metrics
 
 
 def test_test_ends_even_when_the_metric_fails(
@@ -105,12 +105,12 @@ def test_stored_outputs_are_detached_cpu_in_data_set_order() -> None:
         store_outputs=True,
     )
     test()
-    assert len(test.outputs) == 10
-    assert all(o.device.type == 'cpu' for o in test.outputs)
-    assert not any(o.requires_grad for o in test.outputs)
+    assert len(test.outputs_list) == 10
+    assert all(o.device.type == 'cpu' for o in test.outputs_list)
+    assert not any(o.requires_grad for o in test.outputs_list)
     with torch.no_grad():
         expected = module(data.tensors[0])
-    torch.testing.assert_close(torch.stack(test.outputs), expected)
+    torch.testing.assert_close(torch.stack(test.outputs_list), expected)
 
 
 def test_structured_outputs_are_split_per_sample() -> None:
@@ -127,16 +127,16 @@ def test_structured_outputs_are_split_per_sample() -> None:
         store_outputs=True,
     )
     test()
-    assert [o['first'].item() for o in test.outputs] == [0, 2, 4, 6]
-    assert [o['sum'].item() for o in test.outputs] == [1, 5, 9, 13]
-    assert test.metrics['Sum'] == pytest.approx(7.0)
+    assert [o['first'].item() for o in test.outputs_list] == [0, 2, 4, 6]
+    assert [o['sum'].item() for o in test.outputs_list] == [1, 5, 9, 13]
+    assert test.computed_metrics['Sum'] == pytest.approx(7.0)
 
 
 def test_outputs_are_kept_only_when_asked() -> None:
     model = drytorch.Model(_support.linear(), name='net', device='cpu')
     test = drytorch.Test(model, loader=_loader(), metric=drytorch.Loss('MSE'))
     test()
-    assert test.outputs == []
+    assert test.outputs_list == []
 
 
 def test_validation_metrics_carry_the_models_epoch(
@@ -152,3 +152,24 @@ def test_validation_metrics_carry_the_models_epoch(
     validation()
     event = recorder.of_type(log_events.MetricEvent)[-1]
     assert (event.source_name, event.epoch) == ('Validation', 2)
+
+
+def test_a_diagnostic_computes_metrics_that_no_tracker_sees(
+    recorder: RecordingTracker,
+) -> None:
+    model = drytorch.Model(_support.linear(), name='net', device='cpu')
+    diagnostic = drytorch.Diagnostic(
+        model,
+        loader=drytorch.DataLoader(_support.regression_data(10), 4),
+        metric=drytorch.Loss('MSE'),
+    )
+    diagnostic(store_outputs=True)
+    assert set(diagnostic.computed_metrics) == {'MSE'}
+    assert len(diagnostic.outputs_list) == 10
+    assert not [
+        e
+        for e in recorder.of_type(log_events.MetricEvent)
+        if e.source_name == diagnostic.name
+    ]
+    diagnostic()  # the constructor's choice again: nothing stored
+    assert not diagnostic.store_outputs

@@ -74,10 +74,10 @@ class Attempt:
         self.trainer.add_validation(
             drytorch.DataLoader(_support.regression_data(16, seed=1), 8)
         )
-        self.trainer.post_epoch_hooks.append(self.stopping)
+        self.trainer.post_epoch_hooks.register(self.stopping)
         if self.save_every:
             saving = hooks.SaveEveryEpochs(self.save_every)
-            self.trainer.post_epoch_hooks.append(saving)
+            self.trainer.post_epoch_hooks.register(saving)
         self.test = drytorch.Test(
             self.trainer.model,
             loader=drytorch.DataLoader(_support.regression_data(16, 2), 8),
@@ -168,7 +168,7 @@ def test_a_preemption_after_training_resumes_with_only_the_test_left(
     resumed = runs[-1]
     assert resumed.counter.passes['train'] == 0, 'the training ran again'
     assert same(resumed.weights(), reference.weights())
-    assert resumed.test.metrics == reference.test.metrics
+    assert resumed.test.computed_metrics == reference.test.computed_metrics
 
 
 # ------------------------------------------------------------ defect 3
@@ -192,7 +192,7 @@ def test_early_stopping_survives_a_preemption(
                 if trainer.model.epoch == stopped:
                     watcher.request()
 
-            attempt.trainer.post_epoch_hooks.insert(0, late)
+            attempt.trainer.post_epoch_hooks.hooks.insert(0, late)
             attempt.trainer.train(12)
             attempt.test()
         else:
@@ -209,7 +209,7 @@ def test_early_stopping_survives_a_preemption(
     assert resumed.trainer.model.epoch == stopped
     assert resumed.trained_epochs() == []
     assert same(resumed.weights(), reference.weights())
-    assert resumed.test.metrics == reference.test.metrics
+    assert resumed.test.computed_metrics == reference.test.computed_metrics
 
 
 def test_hook_state_saved_by_save_every_epochs_is_the_epochs_final_one(
@@ -220,7 +220,7 @@ def test_hook_state_saved_by_save_every_epochs_is_the_epochs_final_one(
     saved: dict[str, Any] = {}
 
     def script(attempt: Attempt) -> None:
-        hooks_list = attempt.trainer.post_epoch_hooks
+        hooks_list = attempt.trainer.post_epoch_hooks.hooks
         hooks_list.reverse()  # SaveEveryEpochs first, early stopping last
         attempt.trainer.train(12)
         epoch = attempt.trainer.model.epoch
@@ -271,13 +271,13 @@ def test_an_explicit_target_after_a_finished_run_trains_to_it(
     tmp_path: pathlib.Path, call: str, expected: int
 ) -> None:
     def five(attempt: Attempt) -> None:
-        attempt.stopping.patience = 100
+        attempt.stopping.monitor.patience = 100
         attempt.trainer.train(5)
 
     assert Attempt(tmp_path, resume=False).run(five) == 'completed'
 
     def more(attempt: Attempt) -> None:
-        attempt.stopping.patience = 100
+        attempt.stopping.monitor.patience = 100
         if call == 'train':
             attempt.trainer.train(3)
         else:
@@ -295,12 +295,12 @@ def test_a_repeated_script_after_a_preemption_skips_only_finished_calls(
     tmp_path: pathlib.Path,
 ) -> None:
     def script(attempt: Attempt) -> None:
-        attempt.stopping.patience = 100
+        attempt.stopping.monitor.patience = 100
         attempt.trainer.train(2)
         attempt.trainer.train(2)
 
     def first(attempt: Attempt) -> None:
-        attempt.stopping.patience = 100
+        attempt.stopping.monitor.patience = 100
         attempt.trainer.train(2)
         attempt.counter.flag_at = (
             'train',
@@ -352,7 +352,7 @@ def test_a_requeued_job_repeats_its_completed_script_and_trains_nothing(
     monkeypatch.setenv('SLURM_RESTART_COUNT', '0')
 
     def script(attempt: Attempt) -> None:
-        attempt.stopping.patience = 100
+        attempt.stopping.monitor.patience = 100
         attempt.trainer.train(2)
         attempt.trainer.train_until(3)
 
@@ -371,15 +371,15 @@ def test_a_hook_added_between_calls_gets_its_state_back(
     tmp_path: pathlib.Path,
 ) -> None:
     def script(attempt: Attempt) -> None:
-        attempt.trainer.post_epoch_hooks.remove(attempt.stopping)
+        attempt.trainer.post_epoch_hooks.hooks.remove(attempt.stopping)
         attempt.trainer.train(2)
-        attempt.trainer.post_epoch_hooks.append(attempt.stopping)
+        attempt.trainer.post_epoch_hooks.register(attempt.stopping)
         attempt.trainer.train(10)
 
     def first(attempt: Attempt) -> None:
-        attempt.trainer.post_epoch_hooks.remove(attempt.stopping)
+        attempt.trainer.post_epoch_hooks.hooks.remove(attempt.stopping)
         attempt.trainer.train(2)
-        attempt.trainer.post_epoch_hooks.append(attempt.stopping)
+        attempt.trainer.post_epoch_hooks.register(attempt.stopping)
         late = ('train', attempt.counter.passes['train'] + 7)
         attempt.counter.flag_at = late
         attempt.trainer.train(10)
@@ -416,11 +416,11 @@ def test_monitors_count_only_epochs_that_validated(
         patience=1, start_from_epoch=start_from_epoch, min_delta=1e9
     )
     plateau = hooks.ReduceLROnPlateau(patience=1, factor=0.5)
-    trainer.post_epoch_hooks.extend([plateau, stopping])
+    trainer.post_epoch_hooks.register_all([plateau, stopping])
     trainer.train(6)
     # the first value (epoch 2) is a best; the second (epoch 4) is not
     assert trainer.model.epoch == 4
-    assert stopping.epochs_without_improvement == 1
+    assert stopping.monitor.epochs_without_improvement == 1
 
 
 class Scripted:
@@ -454,14 +454,14 @@ def pretrain_then_finetune(script: Scripted) -> dict[str, Any]:
         model,
         loader=data,
         loss=drytorch.Loss('MSE'),
-        learning_schema=drytorch.LearningSchema.SGD(0.05),
+        learning_schema=drytorch.LearningSchema.sgd(0.05),
     )
     finetune = drytorch.Trainer(
         model,
         'Finetune',
         loader=drytorch.DataLoader(_support.regression_data(24, 3), 8),
         loss=drytorch.Loss('MAE'),
-        learning_schema=drytorch.LearningSchema.Adam(0.01),
+        learning_schema=drytorch.LearningSchema.adam(0.01),
     )
     pretrain.train(2)
     finetune.train(2)
@@ -477,7 +477,7 @@ def two_models(script: Scripted) -> dict[str, Any]:
             model,
             loader=drytorch.DataLoader(_support.regression_data(), 8, seed=0),
             loss=drytorch.Loss('MSE'),
-            learning_schema=drytorch.LearningSchema.SGD(0.05),
+            learning_schema=drytorch.LearningSchema.sgd(0.05),
         )
     trainers['a'].train(2)
     trainers['b'].train(2)

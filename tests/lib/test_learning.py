@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from drytorch.lib import gradient_ops
 from drytorch.lib.learning import LearningSchema
 from drytorch.lib.schedulers import (
     ConstantScheduler,
@@ -37,31 +38,40 @@ def _ids(params) -> list[int]:
     ('schema', 'cls', 'lr', 'defaults'),
     [
         (
-            LearningSchema.Adam(),
+            LearningSchema.adam(),
             torch.optim.Adam,
             1e-3,
-            {'betas': (0.9, 0.999), 'weight_decay': 0.0},
+            {'betas': (0.9, 0.999)},
         ),
         (
-            LearningSchema.AdamW(eps=1e-6),
+            LearningSchema.adam_w(eps=1e-6),
             torch.optim.AdamW,
             1e-3,
             {'betas': (0.9, 0.999), 'weight_decay': 1e-2, 'eps': 1e-6},
         ),
         (
-            LearningSchema.SGD(0.5, momentum=0.9, nesterov=True),
+            LearningSchema.sgd(0.5, momentum=0.9, nesterov=True),
             torch.optim.SGD,
             0.5,
-            {'momentum': 0.9, 'weight_decay': 0.0, 'nesterov': True},
+            {
+                'momentum': 0.9,
+                'weight_decay': 0.0,
+                'dampening': 0.0,
+                'nesterov': True,
+            },
         ),
         (
-            LearningSchema.RAdam(2e-3, betas=(0.8, 0.99)),
+            LearningSchema.r_adam(2e-3, betas=(0.8, 0.99)),
             torch.optim.RAdam,
             2e-3,
-            {'betas': (0.8, 0.99), 'weight_decay': 0.0},
+            {
+                'betas': (0.8, 0.99),
+                'weight_decay': 0.0,
+                'decoupled_weight_decay': False,
+            },
         ),
     ],
-    ids=['Adam', 'AdamW', 'SGD', 'RAdam'],
+    ids=['adam', 'adam_w', 'sgd', 'r_adam'],
 )
 def test_constructors_build_their_optimizer(
     schema: LearningSchema, cls: type, lr: float, defaults: dict
@@ -80,7 +90,7 @@ def test_constructors_build_their_optimizer(
 
 def test_groups_follow_the_prefixes() -> None:
     module = EncoderDecoder()
-    schema = LearningSchema.Adam(
+    schema = LearningSchema.adam(
         {'decoder': 1e-2, 'encoder': 1e-3, 'encoder.1': 1e-4, '': 1e-5}
     )
     optimizer = schema.build_optimizer(module)
@@ -94,13 +104,13 @@ def test_groups_follow_the_prefixes() -> None:
 
 
 def test_prefix_matches_whole_names_only() -> None:
-    schema = LearningSchema.SGD({'enc': 0.1, '': 0.2})
+    schema = LearningSchema.sgd({'enc': 0.1, '': 0.2})
     with pytest.raises(ValueError, match=r"lr prefix 'enc'.*'decoder'"):
         schema.build_optimizer(EncoderDecoder())
 
 
 def test_unmatched_prefix_is_named() -> None:
-    schema = LearningSchema.Adam({'encoder': 1e-3, 'classifier': 1e-2})
+    schema = LearningSchema.adam({'encoder': 1e-3, 'classifier': 1e-2})
     with pytest.raises(
         ValueError, match=r"No parameter of EncoderDecoder .* 'classifier'"
     ):
@@ -108,7 +118,7 @@ def test_unmatched_prefix_is_named() -> None:
 
 
 def test_prefix_emptied_by_longer_prefixes_is_an_error() -> None:
-    schema = LearningSchema.Adam(
+    schema = LearningSchema.adam(
         {'encoder': 1e-3, 'encoder.0': 1e-3, 'encoder.1': 1e-3, '': 1e-3}
     )
     with pytest.raises(ValueError, match="lr prefix 'encoder' "):
@@ -116,7 +126,7 @@ def test_prefix_emptied_by_longer_prefixes_is_an_error() -> None:
 
 
 def test_parameters_without_a_group_are_named() -> None:
-    schema = LearningSchema.Adam({'encoder': 1e-3})
+    schema = LearningSchema.adam({'encoder': 1e-3})
     with pytest.raises(
         ValueError,
         match=r'Parameters scale, decoder\.weight, decoder\.bias match',
@@ -133,67 +143,69 @@ def test_unknown_argument_lists_the_valid_ones() -> None:
             r'weight_decay=0, amsgrad=False, .*maximize=False'
         ),
     ):
-        LearningSchema.Adam(momentm=0.9)
+        LearningSchema.adam(momentm=0.9)
 
 
 def test_unknown_argument_suggests_a_close_one() -> None:
     with pytest.raises(TypeError, match=r"'momentun'\. Did you mean 'mom"):
-        LearningSchema.SGD(momentun=0.9)
+        LearningSchema.sgd(momentun=0.9)
 
 
 def test_unknown_argument_on_direct_construction() -> None:
     with pytest.raises(TypeError, match="RAdam got an unknown argument 'x'"):
-        LearningSchema(torch.optim.RAdam, 1e-3, {'x': 1})
+        LearningSchema(torch.optim.RAdam, 1e-3, optimizer_defaults={'x': 1})
 
 
 def test_lr_in_defaults_is_refused() -> None:
     with pytest.raises(ValueError, match='Pass the learning rate as base_lr'):
-        LearningSchema(torch.optim.SGD, 0.1, {'lr': 0.2})
+        LearningSchema(torch.optim.SGD, 0.1, optimizer_defaults={'lr': 0.2})
 
 
 def test_values_are_checked_by_the_optimizer_at_construction() -> None:
     with pytest.raises(ValueError, match=r'Adam rejected .*betas=\(1\.5'):
-        LearningSchema.Adam(betas=(1.5, 0.9))
+        LearningSchema.adam(betas=(1.5, 0.9))
     with pytest.raises(ValueError, match=r'SGD rejected .*Nesterov'):
-        LearningSchema.SGD(nesterov=True)
+        LearningSchema.sgd(nesterov=True)
 
 
 @pytest.mark.parametrize('lr', [0.0, -1e-3, math.inf, math.nan])
 def test_lr_must_be_positive_and_finite(lr: float) -> None:
     with pytest.raises(ValueError, match=f'lr must be positive .*got {lr}'):
-        LearningSchema.Adam(lr)
+        LearningSchema.adam(lr)
 
 
 def test_lr_dict_entries_are_checked() -> None:
     with pytest.raises(ValueError, match=r"lr\['decoder'\] must be .*-1"):
-        LearningSchema.Adam({'encoder': 1e-3, 'decoder': -1})
+        LearningSchema.adam({'encoder': 1e-3, 'decoder': -1})
     with pytest.raises(ValueError, match='lr dict is empty'):
-        LearningSchema.Adam({})
+        LearningSchema.adam({})
     with pytest.raises(TypeError, match='must be submodule names'):
-        LearningSchema.Adam({1: 1e-3})
+        LearningSchema.adam({1: 1e-3})
 
 
 @pytest.mark.parametrize('lr', ['0.1', True, None])
 def test_lr_must_be_a_number(lr: object) -> None:
     with pytest.raises(TypeError, match='lr must be a positive number'):
-        LearningSchema.SGD(lr)  # type: ignore[arg-type]
+        LearningSchema.sgd(lr)  # type: ignore[arg-type]
 
 
 def test_other_fields_are_checked() -> None:
     with pytest.raises(TypeError, match='optimizer_cls must be'):
         LearningSchema(torch.nn.Linear, 0.1)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match='scheduler must be a drytorch'):
-        LearningSchema.Adam(scheduler=lambda lr, epoch: lr)
-    with pytest.raises(ValueError, match=r'clip_grad_norm must be .*got 0'):
-        LearningSchema.Adam(clip_grad_norm=0)
-    with pytest.raises(ValueError, match=r'clip_grad_value must .*got -1'):
-        LearningSchema.Adam(clip_grad_value=-1.0)
+        LearningSchema.adam(scheduler=lambda lr, epoch: lr)
+    with pytest.raises(ValueError, match=r'threshold must be .*got 0'):
+        gradient_ops.GradNormClipper(0)
+    with pytest.raises(ValueError, match=r'threshold must .*got -1'):
+        gradient_ops.GradValueClipper(-1.0)
+    with pytest.raises(TypeError, match='gradient_op must be a callable'):
+        LearningSchema.adam(gradient_op=1.0)  # type: ignore[arg-type]
 
 
 def test_schema_is_frozen_and_owns_its_dicts() -> None:
     lrs = {'encoder': 1e-3, 'decoder': 1e-2}
     defaults = {'momentum': 0.9}
-    schema = LearningSchema(torch.optim.SGD, lrs, defaults)
+    schema = LearningSchema(torch.optim.SGD, lrs, optimizer_defaults=defaults)
     lrs['encoder'] = 1.0
     defaults['momentum'] = 0.0
     assert schema.base_lr == {'encoder': 1e-3, 'decoder': 1e-2}
@@ -203,7 +215,7 @@ def test_schema_is_frozen_and_owns_its_dicts() -> None:
 
 
 def test_learning_rates_per_group() -> None:
-    schema = LearningSchema.SGD(
+    schema = LearningSchema.sgd(
         {'encoder': 0.1, '': 0.4}, scheduler=StepScheduler([2], 0.5)
     )
     assert schema.learning_rates(0) == [0.1, 0.4]
@@ -214,10 +226,10 @@ def test_learning_rates_per_group() -> None:
 
 
 def test_learning_rates_reject_mismatched_overrides() -> None:
-    grouped = LearningSchema.SGD({'encoder': 0.1, '': 0.4})
+    grouped = LearningSchema.sgd({'encoder': 0.1, '': 0.4})
     with pytest.raises(ValueError, match=r"keys \['encoder', ''\]"):
         grouped.learning_rates(0, base_lr={'encoder': 0.1})
-    single = LearningSchema.SGD(0.1)
+    single = LearningSchema.sgd(0.1)
     with pytest.raises(ValueError, match='one parameter group'):
         single.learning_rates(0, base_lr={'encoder': 0.1})
     with pytest.raises(ValueError, match='base_lr must be positive'):
@@ -225,13 +237,13 @@ def test_learning_rates_reject_mismatched_overrides() -> None:
 
 
 def test_negative_epoch_is_named() -> None:
-    schema = LearningSchema.Adam(scheduler=CosineScheduler())
+    schema = LearningSchema.adam(scheduler=CosineScheduler())
     with pytest.raises(ValueError, match=r'epoch must be >= 0.*got -1\.'):
         schema.learning_rates(-1)
 
 
 def test_apply_learning_rate_sets_every_group() -> None:
-    schema = LearningSchema.Adam(
+    schema = LearningSchema.adam(
         {'encoder': 1e-2, '': 1e-3}, scheduler=ExponentialScheduler(0.5)
     )
     optimizer = schema.build_optimizer(EncoderDecoder())
@@ -244,7 +256,7 @@ def test_apply_learning_rate_sets_every_group() -> None:
 
 
 def test_apply_learning_rate_refuses_a_foreign_optimizer() -> None:
-    schema = LearningSchema.Adam({'encoder': 1e-2, '': 1e-3})
+    schema = LearningSchema.adam({'encoder': 1e-2, '': 1e-3})
     optimizer = torch.optim.Adam(EncoderDecoder().parameters())
     with pytest.raises(ValueError, match=r'1 parameter group.* defines 2'):
         schema.apply_learning_rate(optimizer, 0)
@@ -273,11 +285,11 @@ def _train(
 
 
 def test_resume_gets_the_rates_and_weights_of_a_continuous_run() -> None:
-    schema = LearningSchema.SGD(
+    schema = LearningSchema.sgd(
         {'encoder': 0.05, '': 0.1},
         momentum=0.9,
         scheduler=CosineScheduler(6).with_warmup(2).with_restart(5, 0.5),
-        clip_grad_norm=1.0,
+        gradient_op=gradient_ops.GradNormClipper(1.0),
     )
     torch.manual_seed(1)
     continuous = EncoderDecoder()
@@ -319,7 +331,7 @@ def test_clip_grad_norm_bounds_the_total_norm() -> None:
     module = EncoderDecoder()
     _gradients(module, 10.0)
     before = _total_norm(module)
-    schema = LearningSchema.Adam(clip_grad_norm=0.5)
+    schema = LearningSchema.adam(gradient_op=gradient_ops.GradNormClipper(0.5))
     returned = schema.clip_gradients(module.parameters())
     assert isinstance(returned, torch.Tensor)
     torch.testing.assert_close(returned, before)
@@ -332,19 +344,20 @@ def test_clip_grad_norm_leaves_small_gradients() -> None:
     module = EncoderDecoder()
     _gradients(module, 1e-3)
     expected = [p.grad.clone() for p in module.parameters()]
-    LearningSchema.Adam(clip_grad_norm=100.0).clip_gradients(
+    clipper = gradient_ops.GradNormClipper(100.0)
+    LearningSchema.adam(gradient_op=clipper).clip_gradients(
         module.parameters()
     )
     for param, grad in zip(module.parameters(), expected, strict=True):
         torch.testing.assert_close(param.grad, grad)
 
 
-def test_clip_grad_value_then_norm() -> None:
+def test_clip_by_value_then_by_norm() -> None:
     module = EncoderDecoder()
     _gradients(module, 3.0)
     module.scale.grad = None  # parameters without gradients are skipped
-    schema = LearningSchema.SGD(clip_grad_value=0.1, clip_grad_norm=0.2)
-    returned = schema.clip_gradients(module.parameters())
+    gradient_ops.GradValueClipper(0.1)(module.parameters())
+    returned = gradient_ops.GradNormClipper(0.2)(module.parameters())
     count = sum(p.numel() for p in module.parameters()) - 1
     torch.testing.assert_close(returned, torch.tensor(0.1 * count**0.5))
     assert _total_norm(module) <= 0.2 * (1 + 1e-5)
@@ -356,9 +369,9 @@ def test_clip_grad_value_then_norm() -> None:
 def test_clip_grad_value_alone_and_no_clipping() -> None:
     module = EncoderDecoder()
     _gradients(module, 3.0)
-    assert LearningSchema.SGD().clip_gradients(module.parameters()) is None
+    assert LearningSchema.sgd().clip_gradients(module.parameters()) is None
     assert all(p.grad.abs().max() == 3.0 for p in module.parameters())
-    schema = LearningSchema.SGD(clip_grad_value=0.5)
+    schema = LearningSchema.sgd(gradient_op=gradient_ops.GradValueClipper(0.5))
     assert schema.clip_gradients(module.scale) is None
     assert module.scale.grad.abs().max() == 0.5
     assert module.decoder.weight.grad.abs().max() == 3.0
@@ -370,16 +383,24 @@ def test_clip_gradients_never_reads_values_back(monkeypatch) -> None:
 
     module = EncoderDecoder()
     _gradients(module, 10.0)
-    schema = LearningSchema.Adam(clip_grad_norm=1.0, clip_grad_value=2.0)
+    ops = [
+        gradient_ops.GradValueClipper(2.0),
+        gradient_ops.GradNormClipper(1.0),
+        gradient_ops.GradParamNormalizer(),
+        gradient_ops.GradZScoreNormalizer(),
+    ]
     for name in ('item', 'tolist', '__bool__', '__float__'):
         monkeypatch.setattr(torch.Tensor, name, refuse)
-    schema.clip_gradients(module.parameters())
+    for op in ops:
+        LearningSchema.adam(gradient_op=op).clip_gradients(module.parameters())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
 def test_clip_gradients_does_not_synchronize_cuda() -> None:
     module = EncoderDecoder().cuda()
-    schema = LearningSchema.AdamW(clip_grad_norm=0.5, clip_grad_value=1.0)
+    schema = LearningSchema.adam_w(
+        gradient_op=gradient_ops.GradNormClipper(0.5)
+    )
     optimizer = schema.build_optimizer(module)
     loss = module(torch.randn(16, 4, device='cuda')).pow(2).sum() * 100
     loss.backward()
@@ -396,11 +417,11 @@ def test_clip_gradients_does_not_synchronize_cuda() -> None:
 
 
 def test_describe_is_readable() -> None:
-    schema = LearningSchema.SGD(
+    schema = LearningSchema.sgd(
         {'encoder': 0.1, '': 0.2},
         momentum=0.9,
         scheduler=ConstantScheduler().with_warmup(3),
-        clip_grad_norm=1.0,
+        gradient_op=gradient_ops.GradNormClipper(1.0),
     )
     assert schema.describe() == {
         'optimizer': 'SGD',
@@ -408,11 +429,60 @@ def test_describe_is_readable() -> None:
         'optimizer_defaults': {
             'momentum': 0.9,
             'weight_decay': 0.0,
+            'dampening': 0.0,
             'nesterov': False,
         },
         'scheduler': (
             'WarmupScheduler(base=ConstantScheduler(), warmup_steps=3)'
         ),
-        'clip_grad_norm': 1.0,
-        'clip_grad_value': None,
+        'gradient_op': 'GradNormClipper(threshold=1.0)',
     }
+
+
+def test_constructors_take_drytorch_arguments_in_drytorch_order() -> None:
+    """Positional calls written for DRYTorch mean the same here."""
+    scheduler = ConstantScheduler().with_warmup(2)
+    clip = gradient_ops.GradNormClipper(2.0)
+    adam = LearningSchema.adam(0.1, (0.8, 0.9), scheduler, clip)
+    assert (adam.optimizer_cls, adam.base_lr) == (torch.optim.Adam, 0.1)
+    assert adam.optimizer_defaults == {'betas': (0.8, 0.9)}
+    assert (adam.scheduler, adam.gradient_op) == (scheduler, clip)
+    adam_w = LearningSchema.adam_w(0.1, (0.8, 0.9), 0.5, scheduler, clip)
+    assert adam_w.optimizer_defaults['weight_decay'] == 0.5
+    assert adam_w.gradient_op is clip
+    sgd = LearningSchema.sgd(0.1, 0.9, 0.01, 0.1, False, scheduler, clip)
+    assert sgd.optimizer_defaults == {
+        'momentum': 0.9,
+        'weight_decay': 0.01,
+        'dampening': 0.1,
+        'nesterov': False,
+    }
+    r_adam = LearningSchema.r_adam(0.1, (0.8, 0.9), 0.01, scheduler, clip)
+    assert r_adam.optimizer_defaults['decoupled_weight_decay'] is True
+    assert (
+        LearningSchema.r_adam().optimizer_defaults['decoupled_weight_decay']
+        is False
+    )
+    fields = LearningSchema(torch.optim.SGD, 0.1, scheduler, {}, clip)
+    assert (fields.scheduler, fields.gradient_op) == (scheduler, clip)
+    assert LearningSchema.sgd(base_lr=0.2).base_lr == 0.2
+
+
+def test_the_gradient_op_runs_in_training() -> None:
+    """A normaliser of DRYTorch's changes the step the trainer takes."""
+    module = EncoderDecoder()
+    module(torch.randn(8, 4)).pow(2).sum().mul(100).backward()
+    LearningSchema.sgd(
+        gradient_op=gradient_ops.GradParamNormalizer()
+    ).clip_gradients(module.parameters())
+    for param in module.parameters():
+        assert torch.linalg.vector_norm(param.grad) == pytest.approx(1.0)
+    module.zero_grad()
+    module(torch.randn(8, 4)).pow(2).sum().backward()
+    gradient_ops.GradZScoreNormalizer()(module.parameters())
+    for param in module.parameters():
+        if param.numel() > 1:
+            assert float(param.grad.mean()) == pytest.approx(0.0, abs=1e-6)
+            assert float(param.grad.std()) == pytest.approx(1.0, rel=1e-4)
+    assert not LearningSchema.sgd().modifies_gradients
+    assert gradient_ops.NoOp()(module.parameters()) is None

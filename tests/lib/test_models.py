@@ -44,13 +44,15 @@ def test_registering_a_module_twice_is_an_error() -> None:
     module = torch.nn.Linear(2, 2)
     drytorch.Model(module, name='once')
     with pytest.raises(
-        exceptions.ModelAlreadyRegisteredError, match="as model 'once'"
+        exceptions.ModuleAlreadyRegisteredError, match="as model 'once'"
     ):
         drytorch.Model(module, name='twice')
 
 
 def test_a_model_outside_a_run_is_an_error() -> None:
-    with pytest.raises(exceptions.NoActiveRunError, match='needs an active'):
+    with pytest.raises(
+        exceptions.NoActiveExperimentError, match='needs an active'
+    ):
         drytorch.Model(torch.nn.Linear(2, 2))
 
 

@@ -110,7 +110,7 @@ def test_a_module_wrapped_plain_and_compiled_is_one_module() -> None:
     plain = network()
     drytorch.Model(plain, name='once', device='cpu')
     with pytest.raises(
-        exceptions.ModelAlreadyRegisteredError, match="as model 'once'"
+        exceptions.ModuleAlreadyRegisteredError, match="as model 'once'"
     ):
         drytorch.Model(torch.compile(plain, backend=CountingBackend()))
 
@@ -159,3 +159,69 @@ def test_a_compiled_submodule_checkpoints_plain_names() -> None:
         torch.equal(v, plain.state_dict()[k.replace('_orig_mod.', '')])
         for k, v in loaded.items()
     )
+
+
+# ---------------------------------------------------------------- compile=
+def _compiled_trainer(compile: Any) -> drytorch.Trainer:
+    model = drytorch.Model(network(), name='net', compile=compile)
+    return drytorch.Trainer(
+        model,
+        loader=drytorch.DataLoader(_support.regression_data(), 8, seed=0),
+        loss=drytorch.Loss('MSE'),
+        learning_schema=drytorch.LearningSchema.sgd(0.05),
+    )
+
+
+def test_compile_true_trains_with_inductor() -> None:
+    """torch.compile's default backend (C++ code generated on the CPU)."""
+    trainer = _compiled_trainer(True)
+    model = trainer.model
+    assert model.compiled is not None
+    assert model.forward_module is model.compiled is not model.module
+    assert model.describe()['compiled'] is True
+    trainer.add_validation(drytorch.DataLoader(_support.regression_data(8), 4))
+    trainer.train(2)
+    assert trainer.computed_metrics['MSE'] < 10
+    # the same numbers as the plain module: it is the plain module's code
+    inputs = _support.regression_data(8).tensors[0]
+    with torch.no_grad():
+        torch.testing.assert_close(model(inputs), model.module(inputs))
+    trainer.save_checkpoint()
+    (saved,) = model.checkpoint.available()
+    state = torch.load(saved.path, map_location='cpu', weights_only=False)
+    plain = network(seed=5)
+    plain.load_state_dict(state['model']['module'], strict=True)
+    for name, value in plain.state_dict().items():
+        assert torch.equal(value, model.module.state_dict()[name])
+
+
+def test_compile_takes_torch_compile_arguments() -> None:
+    backend = CountingBackend()
+    trainer = _compiled_trainer({'backend': backend, 'dynamic': False})
+    trainer.train(1)
+    assert backend.graphs >= 1  # the training ran compiled, with them
+    assert list(trainer.model.state_dict()['module']) == plain_names()
+
+
+@pytest.mark.parametrize(
+    ('value', 'error', 'match'),
+    [
+        ('yes', TypeError, "compile= takes True, False or a dict .* 'yes'"),
+        (
+            {'mod': 'max-autotune'},
+            TypeError,
+            r"got 'mod', which torch.compile does not take.* mode=None",
+        ),
+    ],
+)
+def test_bad_compile_values_are_refused(
+    value: Any, error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        drytorch.Model(network(), name='bad', compile=value)
+
+
+def test_compiling_a_compiled_module_is_refused() -> None:
+    compiled = torch.compile(network(), backend=CountingBackend())
+    with pytest.raises(ValueError, match=r'torch\.compile made already'):
+        drytorch.Model(compiled, name='twice', compile=True)

@@ -172,8 +172,8 @@ def test_means_over_uneven_batches_equal_the_full_data_mean(
     evaluation()
     inputs, targets = data.tensors
     expected = (inputs - targets).square().mean().item()
-    assert evaluation.metrics['PerSample'] == pytest.approx(expected)
-    assert evaluation.metrics['BatchMean'] == pytest.approx(expected)
+    assert evaluation.computed_metrics['PerSample'] == pytest.approx(expected)
+    assert evaluation.computed_metrics['BatchMean'] == pytest.approx(expected)
 
 
 def test_accumulator_folds_full_windows_exactly() -> None:

@@ -267,3 +267,22 @@ def test_warmup_never_exceeds_the_base_schedule(
     warmed = scheduler.with_warmup(warmup)
     base_value = scheduler(1.0, max(0, epoch - warmup))
     assert warmed(1.0, epoch) <= base_value
+
+
+def test_drytorch_transformations_compose_picklable_schedules() -> None:
+    import pickle
+
+    from drytorch.lib import schedulers as s
+
+    cosine = s.CosineScheduler(10)
+    composed = s.warmup(2)(s.rescale(0.5)(s.restart(5, 0.5)(cosine)))
+    assert composed == s.WarmupScheduler(
+        s.RescaleScheduler(s.RestartScheduler(cosine, 5, 0.5), 0.5), 2
+    )
+    assert composed(0.1, 2) == pytest.approx(0.5 * cosine(0.1, 0))
+    assert composed(0.1, 2 + 5) == pytest.approx(0.5 * cosine(0.05, 0))
+    assert pickle.loads(pickle.dumps(composed)) == composed
+    with pytest.raises(ValueError, match='factor'):
+        s.rescale(0.0)
+    with pytest.raises(ValueError, match='warmup_steps'):
+        s.warmup(-1)

@@ -70,7 +70,7 @@ class PushRecorder(tracking.Tracker):
 def lr_log(trainer: drytorch.Trainer) -> list[float]:
     """A post-epoch hook's record of the rate each epoch trained with."""
     rates: list[float] = []
-    trainer.post_epoch_hooks.insert(
+    trainer.post_epoch_hooks.hooks.insert(
         0, lambda t: rates.append(t.optimizer.param_groups[0]['lr'])
     )
     return rates
@@ -79,11 +79,11 @@ def lr_log(trainer: drytorch.Trainer) -> list[float]:
 def test_train_counts_epochs_and_learns() -> None:
     trainer = _support.make_trainer()
     trainer.train(3)
-    first = trainer.metrics['MSE']
+    first = trainer.computed_metrics['MSE']
     assert trainer.model.epoch == 3
     trainer.train(2)
     assert trainer.model.epoch == 5
-    assert trainer.metrics['MSE'] < first
+    assert trainer.computed_metrics['MSE'] < first
 
 
 def test_train_until_stops_at_the_epoch() -> None:
@@ -132,7 +132,7 @@ def test_validation_runs_every_interval(recorder: RecordingTracker) -> None:
     ]
     assert validated == [2, 4]
     assert trainer.validation is not None
-    assert set(trainer.validation.metrics) == {'MSE'}
+    assert set(trainer.validation.computed_metrics) == {'MSE'}
 
 
 def test_terminate_training_stops_after_the_epoch(
@@ -144,7 +144,7 @@ def test_terminate_training_stops_after_the_epoch(
         if t.model.epoch == 2:
             t.terminate_training('enough')
 
-    trainer.post_epoch_hooks.append(stop_at_two)
+    trainer.post_epoch_hooks.register(stop_at_two)
     trainer.train(5)
     assert trainer.model.epoch == 2
     assert flow(recorder)[-3:] == [
@@ -166,10 +166,12 @@ def test_iterate_batch_pushes_running_metrics(
     # 40 samples in batches of 8: 5 steps, a sync point every 2 steps
     trainer = _support.make_trainer(sync_every=2)
     metrics = []
-    trainer.post_epoch_hooks.append(lambda t: metrics.append(t.metrics))
+    trainer.post_epoch_hooks.register(
+        lambda t: metrics.append(t.computed_metrics)
+    )
     trainer.train(2)
     pushes = [(done, m) for source, m, done in bar.pushes]
-    assert [done for done, _ in pushes] == [2, 4, 5, 2, 4, 5]
+    assert [done for done, _ in pushes] == [2, 2, 1, 2, 2, 1]
     assert all(set(m) == {'MSE'} for _, m in pushes)
     # the last push of an epoch is the epoch's metric
     assert pushes[2][1] == metrics[0]
@@ -177,13 +179,13 @@ def test_iterate_batch_pushes_running_metrics(
 
 
 def test_early_stopping_ends_training(recorder: RecordingTracker) -> None:
-    trainer = _support.make_trainer(schema=LearningSchema.SGD(1e-4))
+    trainer = _support.make_trainer(schema=LearningSchema.sgd(1e-4))
     trainer.add_validation(drytorch.DataLoader(_support.regression_data(), 8))
     # an improvement must be larger than any the tiny rate can make
     stopper = hooks.EarlyStoppingCallback(
         patience=2, start_from_epoch=1, min_delta=10.0
     )
-    trainer.post_epoch_hooks.append(stopper)
+    trainer.post_epoch_hooks.register(stopper)
     trainer.train(10)
     # epoch 1 sets the best; epochs 2 and 3 do not improve on it
     assert trainer.model.epoch == 3
@@ -192,22 +194,22 @@ def test_early_stopping_ends_training(recorder: RecordingTracker) -> None:
 
 
 def test_early_stopping_waits_while_the_metric_improves() -> None:
-    trainer = _support.make_trainer(schema=LearningSchema.SGD(0.05))
+    trainer = _support.make_trainer(schema=LearningSchema.sgd(0.05))
     stopper = hooks.EarlyStoppingCallback(
-        patience=1, start_from_epoch=1, source='training'
+        patience=1, start_from_epoch=1, monitor=trainer
     )
-    trainer.post_epoch_hooks.append(stopper)
+    trainer.post_epoch_hooks.register(stopper)
     trainer.train(4)
     assert trainer.model.epoch == 4
-    assert stopper.best == trainer.metrics['MSE']
+    assert stopper.monitor.best_value == trainer.computed_metrics['MSE']
 
 
 def test_reduce_lr_on_plateau_lowers_the_rate(
     recorder: RecordingTracker,
 ) -> None:
-    trainer = _support.make_trainer(schema=LearningSchema.SGD(0.1))
+    trainer = _support.make_trainer(schema=LearningSchema.sgd(0.1))
     rates = lr_log(trainer)
-    trainer.post_epoch_hooks.append(
+    trainer.post_epoch_hooks.register(
         hooks.ReduceLROnPlateau(factor=0.5, patience=1, min_delta=10.0)
     )
     trainer.train(4)
@@ -224,7 +226,7 @@ def test_reduce_lr_on_plateau_lowers_the_rate(
 def test_learning_rate_follows_the_schedule_each_epoch() -> None:
     schedule = schedulers.ExponentialScheduler(exp_decay=0.5)
     trainer = _support.make_trainer(
-        schema=LearningSchema.SGD(0.1, scheduler=schedule)
+        schema=LearningSchema.sgd(0.1, scheduler=schedule)
     )
     rates = lr_log(trainer)
     trainer.train(3)
@@ -236,7 +238,7 @@ def test_update_learning_rate_emits_an_event_and_applies(
 ) -> None:
     schedule = schedulers.ExponentialScheduler(exp_decay=0.5)
     trainer = _support.make_trainer(
-        schema=LearningSchema.SGD(0.1, scheduler=schedule)
+        schema=LearningSchema.sgd(0.1, scheduler=schedule)
     )
     rates = lr_log(trainer)
     trainer.train(2)
@@ -287,7 +289,7 @@ def test_non_finite_loss_is_found_past_a_full_window() -> None:
 def test_trainer_refuses_what_is_not_a_loss_or_loader() -> None:
     model = drytorch.Model(_support.linear(), device='cpu')
     loader = drytorch.DataLoader(_support.regression_data(), 8)
-    schema = LearningSchema.SGD(0.1)
+    schema = LearningSchema.sgd(0.1)
     with pytest.raises(TypeError, match=r'must be a drytorch\.Loss'):
         drytorch.Trainer(
             model,

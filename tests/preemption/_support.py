@@ -465,8 +465,11 @@ def wandb_endings(run_dir: pathlib.Path) -> list[tuple[bool, int | None]]:
     return endings
 
 
-def checkpoint_name(epoch: int, batch: int = 0) -> str:
-    """The file name of the checkpoint at a position (see checkpoints)."""
+def checkpoint_name(epoch: int, batch: int = 0, suffix: str = '.pt') -> str:
+    """The name of the checkpoint at a position (see checkpoints).
+
+    ``suffix='.dcp'``: the folder of a checkpoint in parts.
+    """
     from drytorch.lib.checkpoints import file_name
 
-    return file_name(epoch, batch)
+    return file_name(epoch, batch, suffix)

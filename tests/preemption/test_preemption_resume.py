@@ -193,7 +193,7 @@ def build_trainer(root: pathlib.Path) -> Trainer:
         model,
         loader=drytorch.DataLoader(train_set, 16, seed=3),
         loss=drytorch.Loss(objectives.cross_entropy, 'CE'),
-        learning_schema=drytorch.LearningSchema.Adam(lr=0.05),
+        learning_schema=drytorch.LearningSchema.adam(base_lr=0.05),
     )
 
 
@@ -202,12 +202,15 @@ def test_mid_epoch_checkpoint_of_another_world_size_is_refused(
 ) -> None:
     trainer = build_trainer(tmp_path)
     state = trainer.state_dict(Position(1, 3, 'train'))
+    # as 2 ranks of 16 would have written it: a global batch of 32
     state['world_size'] = 2
+    state['loader']['global_batch_size'] = 32
     with pytest.raises(
         exceptions.WorldSizeChangedError,
         match=r'written by 2 process\(es\) in the middle of an epoch, and '
-        r'this attempt runs 1.*relaunch with the same number of processes '
-        r'\(2\)',
+        r'this attempt runs 1: its global batch was 32 samples and would be '
+        r'16 here.*global_batch_size=32.*relaunch with the same number of '
+        r'processes \(2\)',
     ):
         trainer.load_state_dict(state)
     for phase in ('validate', 'done'):
@@ -217,20 +220,53 @@ def test_mid_epoch_checkpoint_of_another_world_size_is_refused(
         assert trainer.model.epoch == 0  # the saved model's epoch count
 
 
-def test_world_size_grows_mid_epoch(
+def test_world_size_grows_mid_epoch_without_the_global_batch(
     zygote: Zygote, reference: Callable[[int], Trial], tmp_path: pathlib.Path
 ) -> None:
-    """1 process preempted mid-epoch; 2 ranks refuse; 1 process resumes."""
+    """A batch given per rank would double the global batch: refused.
+
+    1 process preempted mid-epoch; 2 ranks refuse, saying to keep the
+    global batch with ``global_batch_size``; 1 process resumes.  (With the
+    global batch kept the world may change: ``test_preemption_elastic``.)
+    """
     trial = Trial(zygote, tmp_path, 1, options(1, 'csv'))
     assert trial.attempt('--signal-at', '3') == [REQUEUE], trial.logs()
     assert trial.attempt(world_size=2) == [1, 1], trial.logs()
     for rank in (0, 1):
-        assert 'WorldSizeChangedError' in trial.log(2, rank)
-        assert 'written by 1 process(es)' in trial.log(2, rank)
+        log = trial.log(2, rank)
+        assert 'WorldSizeChangedError' in log
+        assert 'written by 1 process(es)' in log
+        assert 'global batch was 16 samples and would be 32 here' in log
+        assert 'global_batch_size=16 (each of the 2 ranks then takes 8)' in log
     assert trial.registry()['status'] == 'failed'
     assert trial.checkpoints() == [checkpoint_name(0, 3), 'latest']
     assert trial.attempt() == [0], trial.logs()
     assert_bitwise_equal(trial.final(), reference(1).final())
+
+
+def test_world_size_grows_mid_epoch(
+    zygote: Zygote, tmp_path: pathlib.Path
+) -> None:
+    """With the global batch kept, 2 ranks continue 1 process's epoch.
+
+    Step 3 of epoch 1's 6 done by one process, the other 3 steps by two
+    ranks of 8 samples each; one record per metric and epoch.  (Dropout
+    draws from new streams on two ranks, so the values are not compared
+    here: ``test_preemption_elastic`` compares them without dropout.)
+    """
+    options_ = [*options(1, 'csv'), '--global-batch-size', '16']
+    trial = Trial(zygote, tmp_path, 1, options_)
+    assert trial.attempt('--signal-at', '3') == [REQUEUE], trial.logs()
+    assert trial.checkpoints() == [checkpoint_name(0, 3), 'latest']
+    assert trial.attempt(world_size=2) == [0, 0], trial.logs()
+    records = csv_records(trial.run_dir)
+    assert sorted(records) == [
+        (f'{source}/CE', epoch)
+        for source in ('Trainer', 'Validation')
+        for epoch in (1, 2, 3)
+    ]
+    assert all(len(values) == 1 for values in records.values())
+    assert trial.final()['epoch'] == 3
 
 
 def test_world_size_shrinks_at_an_epoch_end(

@@ -11,7 +11,7 @@ import pytest
 
 from drytorch import Experiment
 from drytorch.core import exceptions, log_events
-from drytorch.core.tracking import TrackerFailedWarning
+from drytorch.core.tracking import TrackerExceptionWarning
 from drytorch.trackers.base_classes import MetricLoader
 from drytorch.trackers.csv import CSVDumper
 
@@ -103,7 +103,7 @@ def test_values_round_trip_exactly(tmp_path: pathlib.Path) -> None:
 
 def test_default_location_is_the_run_folder(tmp_path: pathlib.Path) -> None:
     dumper = CSVDumper()
-    with pytest.raises(exceptions.NoActiveRunError):
+    with pytest.raises(exceptions.NoActiveExperimentError):
         _ = dumper.par_dir  # no run yet
     exp = experiment(tmp_path, dumper)
     with exp.create_run() as run:
@@ -216,7 +216,7 @@ def test_other_metrics_mid_run_are_refused_loudly(
     exp = experiment(tmp_path, dumper)
     with exp.create_run('r'):
         metric(1, loss=1.0)
-        with pytest.warns(TrackerFailedWarning, match='metric columns'):
+        with pytest.warns(TrackerExceptionWarning, match='metric columns'):
             metric(2, loss=1.0, acc=0.5)
             flush()
     folder = run_folder(tmp_path / 'csv') / 'csv_metrics'
@@ -247,19 +247,39 @@ def test_a_file_with_other_columns_is_moved_aside(
     ]
 
 
-def test_delimiter(tmp_path: pathlib.Path) -> None:
-    dumper = CSVDumper(par_dir=tmp_path / 'csv', delimiter=';')
+def test_dialect_and_read_csv(tmp_path: pathlib.Path) -> None:
+    class Semicolons(csv.excel):
+        delimiter = ';'
+        lineterminator = '\n'
+
+    dumper = CSVDumper(par_dir=tmp_path / 'csv', dialect=Semicolons())
     with experiment(tmp_path, dumper).create_run():
         metric(1, loss=1.5)
+        metric(2, loss=0.5)
         flush()
         assert dumper.load_metrics('net') == {
-            'trainer': ([1], {'loss': [1.5]})
+            'trainer': ([1, 2], {'loss': [1.5, 0.5]})
         }
+        assert dumper.read_csv('net', 'trainer') == (
+            [1, 2],
+            {'loss': [1.5, 0.5]},
+        )
+        assert dumper.read_csv('net', 'trainer', max_epoch=1) == (
+            [1],
+            {'loss': [1.5]},
+        )
+        with pytest.raises(
+            FileNotFoundError, match=r"'validation'.*'trainer'"
+        ):
+            dumper.read_csv('net', 'validation')
     path = dumper.file_path('net', 'trainer')
-    assert path.read_text().splitlines() == [
-        'model;source;epoch;loss',
-        'net;trainer;1;1.5',
+    assert path.read_bytes().decode().splitlines(keepends=True) == [
+        'model;source;epoch;loss\n',
+        'net;trainer;1;1.5\n',
+        'net;trainer;2;0.5\n',
     ]
+    with pytest.raises(csv.Error):
+        CSVDumper(dialect='no-such-dialect')
 
 
 def test_get_current(tmp_path: pathlib.Path) -> None:

@@ -21,7 +21,7 @@ from drytorch import (
     Model,
     Trainer,
 )
-from drytorch.core.tracking import TrackerFailedWarning
+from drytorch.core.tracking import TrackerExceptionWarning
 from drytorch.trackers.csv import CSVDumper
 from drytorch.trackers.sqlalchemy import SQLConnection
 from drytorch.trackers.tensorboard import TensorBoard
@@ -43,14 +43,14 @@ def test_training_finishes_and_healthy_trackers_are_complete(
     exp: Experiment[None] = Experiment(None, name='e2e', par_dir=tmp_path)
     exp.trackers.subscribe(SQLConnection(par_dir=sql_dir), TensorBoard(), csv)
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always', TrackerFailedWarning)
+        warnings.simplefilter('always', TrackerExceptionWarning)
         with exp.create_run('r') as run:
             model = Model(torch.nn.Linear(3, 1), name='lin')
             trainer = Trainer(
                 model,
                 loader=DataLoader(_data(), 16),
                 loss=Loss('MSE'),
-                learning_schema=LearningSchema.SGD(0.05),
+                learning_schema=LearningSchema.sgd(0.05),
             )
             trainer.add_validation(DataLoader(_data(), 32))
             trainer.train(2)
@@ -63,7 +63,7 @@ def test_training_finishes_and_healthy_trackers_are_complete(
     dropped = sorted(
         str(w.message).split("'")[1]
         for w in caught
-        if issubclass(w.category, TrackerFailedWarning)
+        if issubclass(w.category, TrackerExceptionWarning)
         and 'failed on' in str(w.message)
     )
     assert dropped == ['SQLConnection', 'TensorBoard']

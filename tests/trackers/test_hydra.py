@@ -178,3 +178,19 @@ def test_jobs_sharing_a_par_dir_keep_their_copies(
                 f'lr: {lr}\n'
             )
     assert not (shared / 'hydra').exists()
+
+
+def test_an_explicit_hydra_dir_needs_no_running_job(
+    tmp_path: pathlib.Path,
+) -> None:
+    """DRYTorch's ``hydra_dir=``: any folder, linked then copied."""
+    folder = tmp_path / 'outputs'
+    (folder / '.hydra').mkdir(parents=True)
+    (folder / '.hydra' / 'config.yaml').write_text('lr: 0.2\n')
+    exp = make_experiment(tmp_path / 'exp', HydraLink(hydra_dir=folder))
+    run_epochs(exp, [1])
+    copy = tmp_path / 'exp' / 't' / 'runs' / 'r' / 'hydra'
+    assert copy.is_dir() and not copy.is_symlink()
+    assert (copy / '.hydra' / 'config.yaml').read_text() == 'lr: 0.2\n'
+    with pytest.raises(NotADirectoryError, match='hydra_dir'):
+        HydraLink(hydra_dir=tmp_path / 'missing')

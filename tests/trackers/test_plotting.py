@@ -12,7 +12,7 @@ import pytest
 from typing_extensions import override
 
 from drytorch.core import log_events
-from drytorch.core.tracking import TrackerFailedWarning
+from drytorch.core.tracking import TrackerExceptionWarning
 from drytorch.trackers.base_classes import MetricHistory, MetricLoader
 from drytorch.trackers.plotting import BasePlotter, Points, Series
 from tests.trackers._support import emit_epochs, make_experiment, value
@@ -157,7 +157,7 @@ def test_empty_window_at_the_end_is_not_an_error(
     plotter = _Recorder(start=10)
     exp = make_experiment(tmp_path, plotter)
     with warnings.catch_warnings():
-        warnings.simplefilter('error', TrackerFailedWarning)
+        warnings.simplefilter('error', TrackerExceptionWarning)
         with exp.create_run():
             emit_epochs([1, 2])
     assert plotter.draws == []

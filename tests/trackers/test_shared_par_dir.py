@@ -20,7 +20,7 @@ from typing_extensions import override
 
 from drytorch import Experiment, extend_default_trackers
 from drytorch.core import exceptions, log_events
-from drytorch.core.tracking import Tracker, TrackerFailedWarning
+from drytorch.core.tracking import Tracker, TrackerExceptionWarning
 from drytorch.trackers.base_classes import Dumper
 from drytorch.trackers.csv import CSVDumper
 from drytorch.trackers.plotting import BasePlotter, Series
@@ -233,13 +233,13 @@ def test_a_file_in_the_way_at_start_drops_only_that_dumper(
     (shared / 't').write_text('a file now')
     in_the_way = re.escape(f'{shared / "t"} is a file')
     with (
-        pytest.warns(TrackerFailedWarning, match=in_the_way),
+        pytest.warns(TrackerExceptionWarning, match=in_the_way),
         exp.create_run('r', resume=True),
     ):
         emit_epochs([3])
         exp.trackers.flush()
         assert list(exp.trackers.named_trackers) == ['healthy']
-    with pytest.raises(exceptions.NoActiveRunError):
+    with pytest.raises(exceptions.NoActiveExperimentError):
         _ = blocked.par_dir  # it took no folder for this run
     assert (shared / 't').read_text() == 'a file now'
     moved_rows = moved / 'runs' / 'r' / 'csv_metrics' / MODEL

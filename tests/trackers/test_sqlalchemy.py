@@ -14,7 +14,7 @@ import pytest
 sa = pytest.importorskip('sqlalchemy', reason='sqlalchemy is not installed')
 
 from drytorch.core import exceptions, log_events  # noqa: E402
-from drytorch.core.tracking import TrackerFailedWarning  # noqa: E402
+from drytorch.core.tracking import TrackerExceptionWarning  # noqa: E402
 from drytorch.trackers.csv import CSVDumper  # noqa: E402
 from drytorch.trackers.sqlalchemy import (  # noqa: E402
     DatabaseURLError,
@@ -148,7 +148,7 @@ def _break_midway(tmp_path: pathlib.Path, tracker, breaker) -> CSVDumper:
         emit_epochs([1, 2])
         exp.trackers.flush()  # the worker wrote epochs 1-2 before the break
         breaker()
-        with pytest.warns(TrackerFailedWarning, match='SQLConnection'):
+        with pytest.warns(TrackerExceptionWarning, match='SQLConnection'):
             emit_epochs([3])
             exp.trackers.flush()
         emit_epochs([4])
@@ -360,7 +360,7 @@ def test_par_dir_that_became_a_file_is_named_when_the_run_starts(
     sql = SQLConnection(par_dir=path)
     path.write_text('')
     exp = make_experiment(tmp_path, sql)
-    with pytest.warns(TrackerFailedWarning, match=f'{path} is a file'):
+    with pytest.warns(TrackerExceptionWarning, match=f'{path} is a file'):
         run_epochs(exp, [1])
     assert path.read_text() == ''
 

@@ -26,7 +26,7 @@ from typing_extensions import override
 
 import drytorch
 from drytorch.core import exceptions, log_events
-from drytorch.core.tracking import Tracker, TrackerFailedWarning
+from drytorch.core.tracking import Tracker, TrackerExceptionWarning
 from drytorch.trackers.csv import CSVDumper
 from drytorch.trackers.tensorboard import TensorBoard
 from tests.trackers._support import (
@@ -215,7 +215,7 @@ def test_removed_log_folder_drops_only_this_tracker(
         emit_epochs([1, 2])
         exp.trackers.flush()
         shutil.rmtree(exp.run.dir / 'tensorboard')
-        with pytest.warns(TrackerFailedWarning, match='TensorBoard'):
+        with pytest.warns(TrackerExceptionWarning, match='TensorBoard'):
             emit_epochs([3])
             exp.trackers.flush()
         emit_epochs([4])
@@ -310,7 +310,7 @@ def _trainer(at: int = 0, scale: float = 1.0) -> drytorch.Trainer:
         drytorch.Model(Cue(at), name='net', device='cpu'),
         loader=drytorch.DataLoader(_data(40, 0), 8, seed=0),
         loss=drytorch.Loss(loss, 'loss'),
-        learning_schema=drytorch.LearningSchema.SGD(0.05),
+        learning_schema=drytorch.LearningSchema.sgd(0.05),
         sync_every=2,
     )
     trainer.add_validation(drytorch.DataLoader(_data(24, 1), 8))
@@ -411,7 +411,7 @@ def test_batch_scalars_replace_what_a_killed_attempt_wrote_past_it(
             if die:
                 # dies once epoch 3 is logged, before the checkpoint that
                 # the end of the call would write
-                trainer.post_epoch_hooks.append(_die_at(3))
+                trainer.post_epoch_hooks.register(_die_at(3))
             try:
                 trainer.train(2)
             except _DiedError:
@@ -449,17 +449,20 @@ def test_batch_scalars_of_loops_with_and_without_a_position(
                 source_name='probe',
                 batch_size=None,
                 dataset_size=None,
-                num_batches=4,
+                n_iter=4,
                 model_name='a/b',
             )
             loop.update({'loss': attempt}, 2)
-            loop.update({'loss': attempt + 0.5}, 4)
+            loop.update({'loss': attempt + 0.5}, 2)
         for _ in (1, 2):  # neither model nor length: a running count
             loop = log_events.IterateBatchEvent(
-                source_name='..', batch_size=None, dataset_size=None
+                source_name='..',
+                batch_size=None,
+                dataset_size=None,
+                n_iter=None,
             )
             loop.update({'loss': 1.0}, 2)
-            loop.update({'loss': 2.0}, 4)
+            loop.update({'loss': 2.0}, 2)
     root = tmp_path / 't' / 'runs' / 'r' / 'tensorboard' / 'batches'
     assert _scalars(root / 'a%2Fb' / 'probe', 'batch/a/b/probe/loss') == [
         (2, 2.0),
@@ -496,10 +499,14 @@ def test_a_batch_folder_removed_mid_epoch_drops_only_this_tracker(
             # before batch 1 of epoch 2: the loop has started and epoch 1 is
             # flushed (a record still queued would fail the writer's thread)
             if module.passes == 5 and folder.exists():
+                # the worker must not be writing there while it goes
+                exp.trackers.flush()
                 shutil.rmtree(folder)
 
         trainer.model.module.register_forward_pre_hook(remove)
-        with pytest.warns(TrackerFailedWarning, match='TensorBoard.*removed'):
+        with pytest.warns(
+            TrackerExceptionWarning, match='TensorBoard.*removed'
+        ):
             trainer.train(3)
             exp.trackers.flush()  # the trackers run on a background worker
         assert list(exp.trackers.named_trackers) == ['CSVDumper']
@@ -510,3 +517,64 @@ def test_a_batch_folder_removed_mid_epoch_drops_only_this_tracker(
     epochs, metrics = csv.load_metrics('net')['Trainer']
     assert epochs == [1, 2, 3]
     assert len(metrics['loss']) == 3
+
+
+def test_a_per_step_schedule_writes_its_rate_per_step(
+    tmp_path: pathlib.Path,
+) -> None:
+    """``lr`` at each sync point beside the loss, and once per epoch."""
+    from drytorch.lib import schedulers
+
+    exp = make_experiment(tmp_path, TensorBoard())
+
+    def train() -> None:
+        trainer = _trainer()
+        trainer.update_learning_rate(
+            scheduler=schedulers.CosineScheduler(8).with_warmup(4).per_step()
+        )
+        trainer.train(2)
+
+    _attempt(exp, train)
+    folder = _batch_dir(exp, 'Trainer')
+    accumulator = EventAccumulator(str(folder), size_guidance={'scalars': 0})
+    accumulator.Reload()
+    rates = [
+        (s.step, s.value) for s in accumulator.Scalars('batch/net/Trainer/lr')
+    ]
+    schedule = schedulers.CosineScheduler(8).with_warmup(4)
+    # 5 steps an epoch, a sync point every 2 and at the last: the rate of
+    # the optimizer step each follows
+    assert rates == [
+        (step, pytest.approx(schedule(0.05, step - 1), rel=1e-6))
+        for step in (2, 4, 5, 7, 9, 10)
+    ]
+    log_dir = tmp_path / 't' / 'runs' / 'r' / 'tensorboard'
+    epochs = _scalars(log_dir, 'net/Trainer/lr')
+    assert epochs == [
+        (1, pytest.approx(schedule(0.05, 4), rel=1e-6)),
+        (2, pytest.approx(schedule(0.05, 9), rel=1e-6)),
+    ]
+
+
+def test_the_writer_is_drytorchs_and_takes_its_options(
+    tmp_path: pathlib.Path,
+) -> None:
+    board = TensorBoard(None, False, 5, 7)
+    assert (board.max_queue_size, board.flush_secs) == (5, 7)
+    with pytest.raises(exceptions.AccessOutsideScopeError, match='writer'):
+        _ = board.writer
+    exp = make_experiment(tmp_path, board)
+    with exp.create_run('r'):
+        writer = TensorBoard.get_current().writer
+        writer.add_scalar('custom/x', 2.5, 3)
+        log_events.MetricEvent(
+            model_name='m', source_name='s', epoch=1, metrics={'loss': 1.0}
+        )
+        exp.trackers.flush()
+        assert board.writer is writer  # the library writes through it too
+        assert writer.max_queue == 5
+    log_dir = tmp_path / 't' / 'runs' / 'r' / 'tensorboard'
+    assert _scalars(log_dir, 'custom/x') == [(3, 2.5)]
+    assert _scalars(log_dir, 'm/s/loss') == [(1, 1.0)]
+    with pytest.raises(ValueError, match='flush_secs must be >= 1'):
+        TensorBoard(flush_secs=0)

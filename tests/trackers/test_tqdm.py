@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import pathlib
 import re
+import sys
 from typing import Any
 
 import pytest
@@ -42,10 +43,10 @@ def train(epochs: int, batches: int) -> list[log_events.IterateBatchEvent]:
             source_name='trainer',
             batch_size=2,
             dataset_size=2 * batches,
-            num_batches=batches,
+            n_iter=batches,
         )
         loop.update({'loss': 0.5}, batches // 2)
-        loop.update({'loss': 0.25}, batches)
+        loop.update({'loss': 0.25}, batches - batches // 2)
         loops.append(loop)
         log_events.EndEpochEvent(
             source_name='trainer', model_name='net', epoch=epoch
@@ -73,7 +74,9 @@ def test_bars_show_progress_and_metrics(
     tmp_path: pathlib.Path, terminal: pytest.CaptureFixture[str]
 ) -> None:
     capsys = terminal
-    exp = experiment(tmp_path, TqdmLogger(leave=True))
+    exp = experiment(
+        tmp_path, TqdmLogger(leave=True, enable_training_bar=True)
+    )
     with exp.create_run():
         loops = train(epochs=2, batches=10)
     err = capsys.readouterr().err
@@ -96,7 +99,7 @@ def test_resumed_loop_starts_where_it_stopped(
             source_name='trainer',
             batch_size=2,
             dataset_size=40,
-            num_batches=20,
+            n_iter=20,
             start_batch=15,
         )
         loop.update({}, 15)
@@ -105,29 +108,35 @@ def test_resumed_loop_starts_where_it_stopped(
     assert states and '15/20' in states[0]
 
 
-def test_training_bar_can_be_disabled(
+def test_the_epoch_bar_is_drytorchs_training_bar(
     tmp_path: pathlib.Path, terminal: pytest.CaptureFixture[str]
 ) -> None:
+    """DRYTorch's meaning: the epoch bar only with enable_training_bar."""
     capsys = terminal
-    exp = experiment(tmp_path, TqdmLogger(enable_training_bar=False))
+    exp = experiment(tmp_path, TqdmLogger())  # DRYTorch's defaults
     with exp.create_run():
         loops = train(epochs=1, batches=4)
     err = capsys.readouterr().err
-    assert loops[0].push_updates == []
+    assert loops[0].push_updates
+    assert not final_states(err, 'net epochs')
+    assert final_states(err, 'trainer')  # left on screen (leave=True)
+    exp = experiment(tmp_path, TqdmLogger(False, True, sys.stderr))
+    with exp.create_run():
+        train(epochs=1, batches=4)
+    err = capsys.readouterr().err
     assert final_states(err, 'net epochs')
-    assert not final_states(err, 'trainer')
 
 
 def test_clean_up_closes_bars_of_an_interrupted_run(
     tmp_path: pathlib.Path, terminal: pytest.CaptureFixture[str]
 ) -> None:
-    exp = experiment(tmp_path, TqdmLogger())
+    exp = experiment(tmp_path, TqdmLogger(enable_training_bar=True))
     with pytest.raises(RuntimeError), exp.create_run():
         log_events.StartTrainingEvent(
             source_name='trainer', model_name='net', start_epoch=1, end_epoch=5
         )
         log_events.IterateBatchEvent(
-            source_name='trainer', batch_size=1, dataset_size=5, num_batches=5
+            source_name='trainer', batch_size=1, dataset_size=5, n_iter=5
         )
         assert len(tqdm.tqdm._instances) == 2
         raise RuntimeError('crash mid-epoch')
@@ -139,7 +148,9 @@ def test_log_lines_are_not_mixed_into_a_live_bar(
 ) -> None:
     capsys = terminal
     exp = experiment(
-        tmp_path, TqdmLogger(leave=True), BuiltinLogger(InfoLevels.epoch)
+        tmp_path,
+        TqdmLogger(leave=True, enable_training_bar=True),
+        BuiltinLogger(InfoLevels.epoch),
     )
     with exp.create_run():
         train(epochs=2, batches=4)
@@ -172,11 +183,11 @@ def _loop_updates(clock: _Clock, batches: int, step_s: float) -> None:
         source_name='trainer',
         batch_size=2,
         dataset_size=2 * batches,
-        num_batches=batches,
+        n_iter=batches,
     )
     for done in range(1, batches + 1):
         clock.now += step_s
-        loop.update({'loss': 1.0 / done}, done)
+        loop.update({'loss': 1.0 / done}, 1)
 
 
 @pytest.mark.parametrize('interval', [None, 5.0])
@@ -261,7 +272,7 @@ def _train_small(
             model,
             loader=drytorch.DataLoader(data, 8),
             loss=drytorch.Loss('MSE'),
-            learning_schema=drytorch.LearningSchema.SGD(0.05),
+            learning_schema=drytorch.LearningSchema.sgd(0.05),
         )
         trainer.add_validation(drytorch.DataLoader(data, 16))
         trainer.train(epochs)
@@ -298,7 +309,7 @@ def test_a_stream_that_is_a_terminal_gets_the_live_bar(
     tmp_path: pathlib.Path,
 ) -> None:
     terminal = _TerminalLike()
-    _train_small(tmp_path, TqdmLogger(file=terminal, leave=True))
+    _train_small(tmp_path, TqdmLogger(True, True, terminal))
     text = terminal.getvalue()
     assert '\r' in text, 'tqdm redraws its bar in place'
     assert 'lin epoch ' not in text, 'no plain lines on a terminal'
@@ -316,15 +327,15 @@ def test_a_nested_loop_does_not_double_the_lines(
     exp = experiment(tmp_path, TqdmLogger(file=memory, interval=10))
     with exp.create_run():
         outer = log_events.IterateBatchEvent(
-            source_name='trainer', batch_size=1, dataset_size=90
+            source_name='trainer', batch_size=1, dataset_size=90, n_iter=None
         )
         inner = log_events.IterateBatchEvent(
-            source_name='test', batch_size=1, dataset_size=90
+            source_name='test', batch_size=1, dataset_size=90, n_iter=None
         )
-        for done in range(1, 91):  # 1 s apart, both loops
+        for _ in range(1, 91):  # 1 s apart, both loops
             clock.now += 1.0
-            outer.update({'loss': 1.0}, done)
-            inner.update({'loss': 2.0}, done)
+            outer.update({'loss': 1.0}, 1)
+            inner.update({'loss': 2.0}, 1)
     lines = memory.getvalue().splitlines()
     # 90 s: one line every 10 s (8 after the first whole interval)
     assert len(lines) == 9, lines

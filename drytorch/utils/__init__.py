@@ -1,0 +1,1 @@
+"""Helpers with no knowledge of runs (e.g. local experiment data ops)."""
