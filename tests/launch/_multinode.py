@@ -102,7 +102,7 @@ class _SaveAndHold:
             if self.markers is not None:
                 # a hook of the next epochs' start: the checkpoint that
                 # this hook asks for is written once every hook has run
-                trainer.pre_epoch_hooks.append(
+                trainer.pre_epoch_hooks.register(
                     _Hold(self.hold_at, self.markers, self.wait)
                 )
             self._placed = True
