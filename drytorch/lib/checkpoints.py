@@ -61,19 +61,6 @@ def _mtime(path: pathlib.Path) -> float:
         return float('-inf')
 
 
-def _fsync_dir(folder: pathlib.Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _warn(message: str) -> None:
     warnings.warn(exceptions.DryTorchWarning(message), stacklevel=3)
 
@@ -231,7 +218,7 @@ class LocalCheckpoint(CheckpointParts):
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(tmp, final)
-        _fsync_dir(folder)
+        sharded.fsync_dir(folder)
         self._publish(final, scores, value)
         return str(final)
 

@@ -56,6 +56,7 @@ __all__ = [
     'SUFFIX',
     'commit',
     'export',
+    'fsync_dir',
     'has_parts',
     'load_parts',
     'parts_of',
@@ -201,14 +202,14 @@ def commit(tmp: pathlib.Path, final: pathlib.Path) -> None:
     to a temporary name and removed after.  Between the two renames the
     position has no checkpoint, and a loader takes the one before.
     """
-    _fsync(tmp)
+    fsync_dir(tmp)
     old = None
     if final.exists():
         old = final.with_name(f'.{final.name}{OLD}.{os.getpid()}.tmp')
         remove(old)
         os.replace(final, old)
     os.replace(tmp, final)
-    _fsync(final.parent)
+    fsync_dir(final.parent)
     if old is not None:
         remove(old)
 
@@ -221,7 +222,8 @@ def remove(path: pathlib.Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _fsync(folder: pathlib.Path) -> None:
+def fsync_dir(folder: pathlib.Path) -> None:
+    """Flush a folder's entries (a rename in it) to disk, where it can."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
